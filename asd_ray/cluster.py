@@ -1,0 +1,18 @@
+"""Connecting to Ray: the cluster in $RAY_ADDRESS (set by ``ray job submit``), else a local one."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster this process was started in, or start a local Ray (single-node mode)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

@@ -1,0 +1,203 @@
+"""``asd-ray synth``: a DCASE-like dataset of machine sounds with domain shift and subtle faults.
+
+The plan is cut into blocks of ``BLOCK`` clips of one (machine, section, split, domain, label)
+group; each block renders from its own seed, so the audio depends on the seed and the counts only,
+not on shard size or parallelism. Shards (or WAV files) are written by parallel Ray tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import ray
+import soundfile as sf
+from pydantic import BaseModel, Field, field_validator
+
+from asd_ray import schema, shards, storage
+from asd_ray.config import JobConfig
+from asd_ray.storage import StorageOptions
+from asd_ray.synth import dsp
+from asd_ray.synth.machines import MACHINES, Machine
+
+BLOCK = 16
+DOMAIN_NOISE = {"source": (0.0, 600.0, 2.0), "target": (1.0, 250.0, 1.2)}  # hum level, cutoff Hz, slope
+
+
+class Counts(BaseModel):
+    """Clips per section. Test counts are per domain."""
+
+    model_config = {"extra": "forbid"}
+    train_source: int = Field(990, ge=0)
+    train_target: int = Field(10, ge=0)
+    test_normal: int = Field(50, ge=0)
+    test_anomaly: int = Field(50, ge=0)
+
+
+class SynthConfig(JobConfig):
+    out: str = Field("data/synth", description="URL of the dataset to write")
+    format: Literal["parquet", "wav"] = Field("parquet", description="clip shards, or DCASE folders of WAV files")
+    machines: list[str] = Field(default_factory=lambda: list(MACHINES))
+    sections: int = Field(1, ge=1, le=99, description="sections (machine instances) per machine type")
+    counts: Counts = Counts()
+    clip_seconds: float = Field(10.0, gt=0, le=60)
+    sample_rate: int = Field(16000, ge=8000)
+    difficulty: float = Field(0.5, ge=0, le=1, description="0: obvious faults, 1: barely there")
+    seed: int = 0
+    shard_mb: float = Field(64.0, gt=0, description="target shard size")
+    storage: StorageOptions = StorageOptions()
+
+    @field_validator("machines")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(MACHINES))
+        if unknown or not value:
+            raise ValueError(f"unknown machine types {unknown}; expected some of {sorted(MACHINES)}")
+        return value
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def strength(self) -> float:
+        return 2.0 * (1.0 - self.difficulty) + 0.15
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    machine: str
+    section: int
+    split: str
+    domain: str
+    label: str
+    start: int
+    count: int
+
+
+def plan(cfg: SynthConfig) -> list[Block]:
+    groups = []
+    c = cfg.counts
+    for domain, n_train in (("source", c.train_source), ("target", c.train_target)):
+        groups.append(("train", domain, "normal", n_train))
+    for domain in ("source", "target"):
+        groups += [("test", domain, "normal", c.test_normal), ("test", domain, "anomaly", c.test_anomaly)]
+    blocks = []
+    for machine in cfg.machines:
+        for section in range(cfg.sections):
+            for split, domain, label, total in groups:
+                blocks += [Block(machine, section, split, domain, label, s, min(BLOCK, total - s))
+                           for s in range(0, total, BLOCK)]
+    return blocks
+
+
+def _key(*parts) -> list[int]:
+    """A numpy seed from mixed parts (strings hashed stably, unlike ``hash``)."""
+    return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+
+
+def render_block(cfg: SynthConfig, b: Block) -> list[dict]:
+    """Render one block: clip rows (metadata, attributes, PCM bytes) of the clip format."""
+    model: Machine = MACHINES[b.machine]
+    inst = model.instance(np.random.default_rng(_key(cfg.seed, b.machine, b.section, "instance")))
+    rng = np.random.default_rng(_key(cfg.seed, b.machine, b.section, b.split, b.domain, b.label, b.start))
+    T, sr, n = cfg.num_samples, cfg.sample_rate, b.count
+    attrs = {a.name: rng.choice(getattr(a, b.domain), n).astype(np.float32) for a in model.attributes}
+    faults = np.array([model.anomalies[(b.start + i) % len(model.anomalies)] if b.label == "anomaly" else ""
+                       for i in range(n)])
+    x = model.render(rng, inst, attrs, faults, cfg.strength, T, sr)
+    x += _background(rng, b.domain, n, T, sr) * dsp.col(10 ** (-rng.uniform(6, 15, n) / 20))
+    level = 10 ** (rng.uniform(-32, -22, n) / 20)  # random loudness: level carries no label information
+    x = dsp.unit_rms(x) * dsp.col(level)
+    rows = []
+    for i in range(n):
+        attributes = {a.name: str(int(attrs[a.name][i])) for a in model.attributes}
+        stem = "_".join([f"section_{b.section:02d}", b.domain, b.split, b.label, f"{b.start + i:04d}",
+                         *(f"{k}_{v}" for k, v in attributes.items())])
+        rows.append({"clip_id": schema.clip_id(b.machine, b.split, stem), "machine": b.machine,
+                     "section": f"{b.section:02d}", "domain": b.domain, "split": b.split, "label": b.label,
+                     "attributes": attributes, "sample_rate": sr, "num_samples": T,
+                     "audio": schema.encode_pcm16(x[i])})
+    return rows
+
+
+def _background(rng, domain: str, n: int, T: int, sr: int) -> np.ndarray:
+    """Factory background; the target domain's has another colour and mains hum (domain shift)."""
+    hum, cutoff, slope = DOMAIN_NOISE[domain]
+    bg = dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, cutoff), slope))
+    if hum:
+        t = np.arange(T, dtype=np.float32) / sr
+        bg += hum * 0.3 * sum(np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) / k for k in (1, 2, 3))
+    return dsp.unit_rms(bg)
+
+
+def shard_jobs(cfg: SynthConfig, blocks: list[Block]) -> list[tuple[str, list[Block]]]:
+    """Group blocks into shards of about ``shard_mb`` per (split, machine) partition, named stably."""
+    per_shard = shards.rows_per_shard(cfg.shard_mb, cfg.num_samples)
+    jobs = []
+    for split in schema.SPLITS:
+        for machine in cfg.machines:
+            part = [b for b in blocks if b.split == split and b.machine == machine]
+            current: list[Block] = []
+            for b in part:
+                if current and sum(x.count for x in current) + b.count > per_shard:
+                    jobs.append((shards.shard_url(cfg.out, split, machine, f"synth-{len(jobs):05d}"), current))
+                    current = []
+                current.append(b)
+            if current:
+                jobs.append((shards.shard_url(cfg.out, split, machine, f"synth-{len(jobs):05d}"), current))
+    return jobs
+
+
+def write_job(cfg: SynthConfig, url: str, blocks: list[Block]) -> list[str]:
+    """Render ``blocks`` and write them: one shard at ``url``, or one WAV file per clip."""
+    rows = [row for b in blocks for row in render_block(cfg, b)]
+    if cfg.format == "parquet":
+        shards.write_shard(url, schema.clips_table(rows), cfg.storage)
+        return [url]
+    written = []
+    for row in rows:
+        machine, split, stem = row["clip_id"].split("/")
+        buf = io.BytesIO()
+        sf.write(buf, np.frombuffer(row["audio"], "<i2"), row["sample_rate"], format="WAV", subtype="PCM_16")
+        wav = storage.join(cfg.out, machine, split, f"{stem}.wav")
+        storage.write_bytes_atomic(wav, buf.getvalue(), cfg.storage)
+        written.append(wav)
+    return written
+
+
+def synthesize(cfg: SynthConfig, progress: bool = True) -> dict:
+    """Generate the dataset with parallel Ray tasks; returns a summary (also saved as ``_manifest.json``)."""
+    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
+                                                           region=cfg.storage.resolved_region())})
+    t0 = time.time()
+    blocks = plan(cfg)
+    jobs = shard_jobs(cfg, blocks)
+    task = ray.remote(num_cpus=1)(write_job)
+    pending = [task.remote(cfg, url, job_blocks) for url, job_blocks in jobs]
+    written: list[str] = []
+    while pending:
+        done, pending = ray.wait(pending)
+        written += [u for urls in ray.get(done) for u in urls]
+        if progress:
+            print(f"\rsynth: {len(jobs) - len(pending)}/{len(jobs)} {'shards' if cfg.format == 'parquet' else 'parts'}",
+                  end="", flush=True)
+    if progress:
+        print()
+    if cfg.format == "parquet":
+        shards.remove_stale(cfg.out, set(written), {(s, m) for s in schema.SPLITS for m in cfg.machines}, cfg.storage)
+    counts: dict[str, int] = {}
+    for b in blocks:
+        key = f"{b.machine}/{b.split}/{b.domain}/{b.label}"
+        counts[key] = counts.get(key, 0) + b.count
+    summary = {"out": cfg.out, "format": cfg.format, "clips": sum(counts.values()), "files": len(written),
+               "seconds": round(time.time() - t0, 1), "counts": counts,
+               "config": cfg.model_dump(mode="json", exclude={"storage"})}
+    storage.write_bytes_atomic(storage.join(cfg.out, "_manifest.json"), json.dumps(summary, indent=1).encode(),
+                               cfg.storage)
+    return summary

@@ -1,0 +1,76 @@
+"""Shared fixtures: a real S3 API server on 127.0.0.1 (moto server mode) and one local Ray.
+
+Fake credentials and the endpoint go into the environment before Ray starts, so that Ray's
+worker processes inherit them and reach the same server, as they would reach real S3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+import pytest
+
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(var, None)
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DEDUP_LOGS": "0",
+})
+
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log lines
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket; returns its ``s3://`` URL."""
+    import boto3
+
+    name = f"asd-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024**2,
+             runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_config():
+    """A small synthetic dataset config: 2 s clips, a few clips per group."""
+    from asd_ray.synth.generate import Counts, SynthConfig
+
+    def make(out: str, **kw) -> SynthConfig:
+        fields = dict(out=out, clip_seconds=2.0, machines=["pump", "fan"],
+                      counts=Counts(train_source=20, train_target=4, test_normal=4, test_anomaly=4))
+        fields.update(kw)
+        return SynthConfig(**fields)
+
+    return make

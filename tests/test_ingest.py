@@ -1,0 +1,119 @@
+import csv
+import io
+
+import numpy as np
+import pyarrow as pa
+import soundfile as sf
+
+from asd_ray import cli, shards, storage
+from asd_ray.ingest import BadClip, IngestConfig, ingest, parse_name
+
+SR = 16000
+
+
+def _wav(samples: np.ndarray, rate: int = SR) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _tone(seconds=0.5, channels=1):
+    x = (0.3 * np.sin(np.arange(int(seconds * SR)) * 0.05) * 32767).astype(np.int16)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+GOOD = {
+    "fan/train/section_00_source_train_normal_0000_speed_900_airflow_50.wav": _tone(),
+    "fan/train/section_00_target_train_normal_0001_speed_1600_airflow_30.wav": _tone(0.4),
+    "fan/test/section_00_source_test_anomaly_0000_speed_900_airflow_50.wav": _tone(),
+    "fan/test/section_01_0007.wav": _tone(),  # eval: no domain, no label
+    "valve/train/section_00_source_train_normal_0000_noAttribute.wav": _tone(),
+}
+BAD = {
+    "fan/train/section_00_source_train_normal_0002_speed.wav": ("attributes", _wav(_tone())),
+    "fan/train/recording_12.wav": ("unparseable name", _wav(_tone())),
+    "fan/train/section_00_source_test_normal_0003.wav": ("'train' folder", _wav(_tone())),
+    "fan/train/section_00_source_train_normal_0004_a_1.wav": ("unreadable", b"RIFF\x00\x00garbage"),
+    "fan/train/section_00_source_train_normal_0005_a_1.wav": ("empty", _wav(np.zeros(0, np.int16))),
+    "fan/train/section_00_source_train_normal_0006_a_1.wav": ("sample rate 8000 Hz, expected 16000", _wav(_tone(), 8000)),
+    "fan/train/section_00_source_train_normal_0007_a_1.wav": ("2 channels, expected mono", _wav(_tone(channels=2))),
+    "loose/section_00_source_train_normal_0000.wav": ("<machine>/train", _wav(_tone())),
+}
+
+
+def _write_tree(root: str) -> None:
+    for rel, samples in GOOD.items():
+        storage.write_bytes_atomic(storage.join(root, rel), _wav(samples))
+    for rel, (_, data) in BAD.items():
+        storage.write_bytes_atomic(storage.join(root, rel), data)
+
+
+def test_parse_name():
+    meta = parse_name("fan", "train", "section_03_target_train_normal_0012_car_A1_spd_28V")
+    assert meta == {"section": "03", "domain": "target", "label": "normal", "attributes": {"car": "A1", "spd": "28V"}}
+    assert parse_name("fan", "test", "section_00_0001")["label"] is None
+    for stem in ("section_00_0001", "section_0_source_train_normal_0001", "x"):
+        try:
+            parse_name("fan", "train", stem)
+        except BadClip as e:
+            assert "expected section_XX" in str(e)
+        else:
+            raise AssertionError(stem)
+
+
+def _check(dest: str, summary: dict) -> None:
+    assert summary["clips"] == len(GOOD) and summary["rejected"] == len(BAD)
+    reasons = dict(summary["rejects"])
+    for rel, (reason, _) in BAD.items():
+        match = [r for p, r in reasons.items() if p.endswith(rel)]
+        assert match and reason in match[0], (rel, match)
+    rejects = list(csv.reader(io.StringIO(storage.read_bytes(storage.join(dest, "_rejects.csv")).decode())))
+    assert rejects[0] == ["path", "reason"] and len(rejects) == 1 + len(BAD)
+    table = pa.concat_tables([shards.read_shard(u) for u in shards.list_shards(dest)])
+    rows = {r["clip_id"]: r for r in table.to_pylist()}
+    assert set(rows) == {f"{k.split('/')[0]}/{k.split('/')[1]}/{k.split('/')[2][:-4]}" for k in GOOD}
+    for rel, samples in GOOD.items():
+        row = rows[rel[:-4]]
+        assert row["audio"] == samples.astype("<i2").tobytes()  # byte-identical PCM
+    eval_row = rows["fan/test/section_01_0007"]
+    assert eval_row["label"] is None and eval_row["domain"] is None and eval_row["section"] == "01"
+    assert dict(rows["fan/train/section_00_source_train_normal_0000_speed_900_airflow_50"]["attributes"]) == {
+        "speed": "900", "airflow": "50"}
+
+
+def test_ingest_from_s3_reports_every_bad_file_and_reruns_cleanly(ray_local, bucket):
+    src, dest = f"{bucket}/dcase", f"{bucket}/clips"
+    _write_tree(src)
+    summary = ingest(IngestConfig(src=src, dest=dest), progress=False)
+    _check(dest, summary)
+    first = shards.list_shards(dest)
+    again = ingest(IngestConfig(src=src, dest=dest), progress=False)
+    _check(dest, again)
+    assert shards.list_shards(dest) == first
+
+
+def test_cli_exit_code_and_summary(ray_local, tmp_path, capsys):
+    src, dest = str(tmp_path / "dcase"), str(tmp_path / "clips")
+    _write_tree(src)
+    assert cli.main(["ingest", src, dest, "shard_mb=0.02"]) == 1
+    out = capsys.readouterr().out
+    assert f"ingested {len(GOOD)} clips" in out and f"rejected {len(BAD)} files" in out
+    assert "2 channels, expected mono" in out
+    _check(dest, {"clips": len(GOOD), "rejected": len(BAD),
+                  "rejects": [tuple(r) for r in csv.reader(open(f"{dest}/_rejects.csv"))][1:]})
+
+
+def test_synth_wav_layout_ingests_to_the_same_audio(ray_local, tmp_path, tiny_synth_config):
+    from asd_ray.synth.generate import synthesize
+
+    wav_root, pq_root, ingested = (str(tmp_path / n) for n in ("wav", "pq", "ingested"))
+    synthesize(tiny_synth_config(wav_root, format="wav", machines=["compressor"]), progress=False)
+    synthesize(tiny_synth_config(pq_root, machines=["compressor"]), progress=False)
+    summary = ingest(IngestConfig(src=wav_root, dest=ingested), progress=False)
+    assert summary["rejected"] == 0 and summary["clips"] == 40
+
+    def table(root):
+        t = pa.concat_tables([shards.read_shard(u) for u in shards.list_shards(root)])
+        return {r["clip_id"]: (r["audio"], r["label"], r["domain"], dict(r["attributes"])) for r in t.to_pylist()}
+
+    assert table(ingested) == table(pq_root)
