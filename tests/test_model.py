@@ -1,0 +1,159 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asd_ray.augment import mixup, spec_augment
+from asd_ray.labels import LabelMap
+from asd_ray.loss import SubClusterAdaCos
+from asd_ray.model import DualStreamNet, ModelConfig
+
+SR = 16000
+SMALL = ModelConfig(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
+                    freq_width=8, time_width=8)
+
+
+def tones(n_per_class: int, n_classes: int, seconds: float = 0.5, seed: int = 0):
+    """A separable toy problem: class c is a tone at 300 * (c + 1) Hz in noise, random level."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    phase = torch.rand(len(labels), 1, generator=g) * 6.28
+    x = torch.sin(2 * math.pi * 300 * (labels[:, None] + 1) * t + phase)
+    x = x + 0.5 * torch.randn(x.shape, generator=g)
+    return x * (0.05 + 0.2 * torch.rand(len(labels), 1, generator=g)), labels
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 2.3, 10.0])
+def test_embedding_shape_for_any_length(seconds):
+    model = DualStreamNet().eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, int(seconds * SR)) * 0.1).shape == (2, 256)
+
+
+def test_gradients_reach_both_branches():
+    model, loss_fn = DualStreamNet(SMALL), SubClusterAdaCos(32, 3, 4)
+    x, labels = tones(4, 3)
+    loss_fn(model(x), F.one_hot(labels, 3).float()).backward()
+    for name, param in [("fft", model.fft_branch.convs[0].weight), ("spec", model.spec_branch.stem[0].weight)]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert not any(p.requires_grad for p in loss_fn.parameters())  # centres and scale are not trained
+
+
+def test_loss_falls_and_classes_separate():
+    torch.manual_seed(0)
+    model, loss_fn = DualStreamNet(SMALL), SubClusterAdaCos(32, 4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x, labels = tones(24, 4)
+    y = F.one_hot(labels, 4).float()
+    losses, scales = [], []
+    for step in range(40):
+        idx = torch.randperm(len(x))[:32]
+        xb, yb = mixup(x[idx], y[idx], alpha=0.2)
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        scales.append(loss_fn.scale.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert all(math.isfinite(s) for s in scales) and len(set(round(s, 4) for s in scales)) > 5
+    model.eval()
+    loss_fn.eval()
+    test_x, test_labels = tones(10, 4, seed=1)
+    with torch.no_grad():
+        emb = F.normalize(model(test_x), dim=1)
+        acc = (loss_fn.class_log_probs(emb).argmax(1) == test_labels).float().mean()
+    assert acc > 0.9
+    same = (test_labels[:, None] == test_labels[None, :]) & ~torch.eye(len(test_labels), dtype=torch.bool)
+    sims = emb @ emb.T
+    assert sims[same].mean() > sims[~same & ~torch.eye(len(test_labels), dtype=torch.bool)].mean() + 0.3
+
+
+def test_adaptive_scale_follows_adacos():
+    loss_fn = SubClusterAdaCos(16, 4, 2)
+    assert loss_fn.scale.item() == pytest.approx(math.sqrt(2) * math.log(4 * 2 - 1))
+    emb = torch.randn(64, 16)
+    y = F.one_hot(torch.randint(0, 4, (64,)), 4).float()
+    before = loss_fn.scale.item()
+    loss_fn(emb, y)
+    assert math.isfinite(loss_fn.scale.item()) and loss_fn.scale.item() != before
+    loss_fn.eval()
+    after = loss_fn.scale.item()
+    loss_fn(emb, y)
+    assert loss_fn.scale.item() == after  # frozen outside training
+
+
+def test_sub_cluster_probabilities_sum_per_class():
+    loss_fn = SubClusterAdaCos(8, 3, 4).eval()
+    log_p = loss_fn.class_log_probs(torch.randn(5, 8))
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(5))
+    emb = loss_fn.centres[6:7].clone()  # exactly a centre of class 1 (centres are class-major)
+    assert loss_fn.class_log_probs(emb).argmax().item() == 1
+
+
+def test_eval_is_deterministic_and_training_augments():
+    torch.manual_seed(0)
+    model = DualStreamNet(SMALL)
+    x, _ = tones(2, 2)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+        spec = model.spec_branch.spectrogram(x)
+    masked = spec_augment(spec, 2, 8, 2, 8)
+    assert not torch.equal(masked, spec) and masked.shape == spec.shape
+
+
+def test_mixup_mixes_inputs_and_labels_alike():
+    x = torch.arange(8.0)[:, None].repeat(1, 5)
+    y = F.one_hot(torch.arange(8) % 4, 4).float()
+    xm, ym = mixup(x, y, alpha=0.4)
+    torch.testing.assert_close(ym.sum(1), torch.ones(8))
+    lam = ym.max(1).values
+    assert ((xm[:, 0] >= 0) & (xm[:, 0] <= 7)).all() and (lam >= 0.5).all()
+    assert mixup(x, y, alpha=0)[0] is x
+
+
+def test_bf16_autocast_matches_float32():
+    torch.manual_seed(0)
+    model, loss_fn = DualStreamNet(SMALL).eval(), SubClusterAdaCos(32, 3, 4)
+    x, labels = tones(3, 3)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert F.cosine_similarity(ref, low.float()).min() > 0.98
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(model(x), F.one_hot(labels, 3).float())
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_forward_backward_matches_cpu():
+    torch.manual_seed(0)
+    model, loss_fn = DualStreamNet(SMALL).eval(), SubClusterAdaCos(32, 3, 4)
+    x, labels = tones(3, 3)
+    with torch.no_grad():
+        ref = model(x)
+    model.cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-3)
+    model.train()
+    loss_fn.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = loss_fn(model(x.cuda()), F.one_hot(labels, 3).float().cuda())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_label_map_is_stable_and_names_unknown_classes():
+    keys = [("fan", "00", "speed=900"), ("pump", "00", "load=40,speed=1200"), ("fan", "00", "speed=900")]
+    a, b = LabelMap.from_clips(keys), LabelMap.from_clips(reversed(keys))
+    assert a.classes == b.classes and len(a) == 2
+    assert a.index("pump", "00", "load=40,speed=1200") == 1
+    with pytest.raises(KeyError, match="fan\\|01\\|speed=900"):
+        a.index("fan", "01", "speed=900")
+    assert LabelMap.model_validate_json(a.model_dump_json()).classes == a.classes
