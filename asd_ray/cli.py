@@ -40,17 +40,60 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if summary["rejected"] else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from asd_ray.train import TrainConfig, summary_text, train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    _ray()
+    print(summary_text(train(cfg)))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from asd_ray.score import ScoreConfig, run_score
+
+    cfg = load_config(ScoreConfig, args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    _ray()
+    summary = run_score(cfg)
+    print(f"scored {summary['scored']} clips ({', '.join(summary['groups'])}) into {summary['out']}")
+    for clip, reason in summary["unscored"]:
+        print(f"  not scored: {clip}: {reason}")
+    return 1 if summary["unscored"] else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from asd_ray.evaluate import EvaluateConfig, run_evaluate
+
+    cfg = load_config(EvaluateConfig, args.config, args.overrides, scores=args.scores)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    result = run_evaluate(cfg)
+    print(result["markdown"])
+    print(f"official score {100 * result['official_score']:.2f}; report at {result['report']}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from asd_ray.demo import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
     if args.print_config:
-        print(dump_config(cfg))
+        print(dump_config(cfg.resolved()))
         return 0
     _ray()
-    summary = run_demo(cfg)
-    print(f"demo: {summary['clips']} clips of {len(cfg.synth.machines)} machine types in {summary['out']} "
-          f"({summary['seconds']} s)")
+    result = run_demo(cfg)
+    ev = result["evaluation"]
+    print()
+    print(ev["markdown"])
+    print(f"demo finished in {result['seconds'] / 60:.1f} min: official score {100 * ev['official_score']:.2f}")
+    print(f"report: {ev['report']}  (scores and DCASE files in {result['score']['out']})")
     return 0
 
 
@@ -73,11 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. counts.test_normal=10")
 
-    command("demo", _demo, "run the whole pipeline on local defaults (synthesize, ...)")
+    command("demo", _demo, "synthesize, train, score, evaluate and report on local defaults")
     command("synth", _synth, "generate a DCASE-like synthetic dataset",
             ("--out", "dataset URL (local path, file://, s3://, ...)"))
     command("ingest", _ingest, "convert DCASE folders of WAV files to clip shards",
             ("src", "URL of the DCASE folder (<machine>/train|test/*.wav)"), ("dest", "URL of the clip dataset to write"))
+    command("train", _train, "train the dual-stream model with Ray Train (resumes a run of the same name)")
+    command("score", _score, "fit references and score a test set with Ray Data; write DCASE submission files")
+    command("evaluate", _evaluate, "official DCASE metrics, tables and report of a scoring output",
+            ("--scores", "URL of a scoring output (default runs/score)"))
     return parser
 
 

@@ -20,7 +20,8 @@ def attribute_key(pairs: list[tuple[str, str]] | None) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(pairs or []))
 
 
-def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start") -> dict[str, np.ndarray]:
+def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start",
+                 sample_rate: int | None = None) -> dict[str, np.ndarray]:
     """Clip rows -> numpy columns with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1].
 
     Clips longer than ``num_samples`` are cropped (from the start or the centre), shorter ones
@@ -30,11 +31,15 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start") -> dict
     n = batch.num_rows
     audio = np.zeros((n, num_samples), np.float32)
     lengths = batch.column("num_samples").to_numpy()
+    rates = batch.column("sample_rate").to_numpy()
     for i, raw in enumerate(batch.column("audio").to_pylist()):
+        where = batch.column("path")[i].as_py() if "path" in batch.column_names else "?"
         if len(raw) != 2 * lengths[i]:
-            where = batch.column("path")[i].as_py() if "path" in batch.column_names else "?"
             raise schema.SchemaError(f"{where}: clip {batch['clip_id'][i]} has {len(raw)} audio bytes, "
                                      f"expected 2 * num_samples = {2 * lengths[i]}")
+        if sample_rate is not None and rates[i] != sample_rate:
+            raise schema.SchemaError(f"{where}: clip {batch['clip_id'][i]} has sample rate {rates[i]} Hz, "
+                                     f"expected {sample_rate} Hz (the model's)")
         wave = schema.decode_pcm16(raw)
         start = max(0, (len(wave) - num_samples) // 2) if crop == "center" else 0
         wave = wave[start:start + num_samples]
@@ -57,32 +62,47 @@ def validate_shards(urls: list[str], options: StorageOptions | None = None) -> N
         list(pool.map(check, urls))
 
 
-def read_clips(
-    url: str,
-    *,
-    split: str | Iterable[str] | None = None,
-    machine: str | Iterable[str] | None = None,
-    section: str | Iterable[str] | None = None,
-    domain: str | Iterable[str] | None = None,
-    num_samples: int = 160_000,
-    crop: str = "start",
-    options: StorageOptions | None = None,
-) -> ray.data.Dataset:
-    """A Ray Dataset of the clips under ``url`` that match the filters.
+Filter = str | Iterable[str] | None
 
-    ``split`` and ``machine`` prune whole partition folders; ``section`` and ``domain`` are pushed
-    down to the Parquet scan. Rows carry ``clip_id, machine, section, domain, split, label,
-    attribute_key`` and ``audio`` (float32, ``num_samples`` long).
-    """
+
+def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Filter,
+          options: StorageOptions | None, columns: list[str] | None = None) -> ray.data.Dataset:
     urls = shards.list_shards(url, split, machine, options)
     if not urls:
         raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
     validate_shards(urls, options)
     fs, _ = storage.pyarrow_fs(url, options)
     ds = ray.data.read_parquet([storage.strip_protocol(u) for u in urls], filesystem=fs, partitioning=None,
-                               include_paths=True)
+                               include_paths=columns is None, columns=columns)
     for name, values in (("section", section), ("domain", domain)):
         if values is not None:
             ds = ds.filter(expr=col(name).is_in([values] if isinstance(values, str) else list(values)))
-    return ds.map_batches(decode_batch, fn_kwargs={"num_samples": num_samples, "crop": crop},
+    return ds
+
+
+def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
+               domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
+               sample_rate: int | None = None, options: StorageOptions | None = None) -> ray.data.Dataset:
+    """A Ray Dataset of the clips under ``url`` that match the filters.
+
+    ``split`` and ``machine`` prune whole partition folders; ``section`` and ``domain`` filter
+    rows. Rows carry ``clip_id, machine, section, domain, split, label, attribute_key`` and
+    ``audio`` (float32, ``num_samples`` long). With ``sample_rate``, a clip of another rate is an
+    error naming it.
+    """
+    ds = _read(url, split, machine, section, domain, options)
+    return ds.map_batches(decode_batch, fn_kwargs={"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate},
                           batch_format="pyarrow", batch_size=64)
+
+
+def _keys(batch: pa.Table) -> dict[str, np.ndarray]:
+    return {"key": np.array([f"{m}\t{s}\t{attribute_key(a)}" for m, s, a in zip(
+        batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["attributes"].to_pylist())], dtype=object)}
+
+
+def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
+              domain: Filter = None, options: StorageOptions | None = None) -> list[tuple[str, str, str]]:
+    """The distinct ``(machine, section, attribute_key)`` of the matching clips, reading no audio."""
+    ds = _read(url, split, machine, section, domain, options, columns=["machine", "section", "domain", "attributes"])
+    keys = ds.map_batches(_keys, batch_format="pyarrow").unique("key")
+    return sorted(tuple(k.split("\t")) for k in keys)

@@ -1,0 +1,83 @@
+"""Model bundles: the trained model as a self-describing folder at a URL.
+
+``<url>/weights.pt``   tensors only (model state and loss centres/scale), loaded with
+                       ``torch.load(weights_only=True)``, so loading never runs pickled code
+``<url>/bundle.json``  format version, model config, label map, sample rate, clip length, training
+                       summary; written last, so a bundle without it is incomplete and refused
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import torch
+from pydantic import BaseModel
+
+from asd_ray import storage
+from asd_ray.labels import LabelMap
+from asd_ray.loss import SubClusterAdaCos
+from asd_ray.model import DualStreamNet, ModelConfig
+from asd_ray.storage import StorageOptions
+
+BUNDLE_VERSION = 1
+
+
+class BundleInfo(BaseModel):
+    version: int = BUNDLE_VERSION
+    model: ModelConfig
+    labels: LabelMap
+    n_subclusters: int
+    sample_rate: int
+    clip_samples: int
+    training: dict = {}
+
+
+class BundleError(ValueError):
+    pass
+
+
+def weights_bytes(model: torch.nn.Module, loss_fn: SubClusterAdaCos) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "loss": loss_fn.state_dict()}, buf)
+    return buf.getvalue()
+
+
+def load_weights(data: bytes, source: str) -> dict:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refusals and corrupt files alike
+        raise BundleError(f"{source}: not a tensors-only weights file ({e})") from None
+
+
+def build(info: BundleInfo) -> tuple[DualStreamNet, SubClusterAdaCos]:
+    model = DualStreamNet(info.model)
+    return model, SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
+
+
+def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOptions | None = None) -> str:
+    storage.write_bytes_atomic(storage.join(url, "weights.pt"), weights, options)
+    storage.write_bytes_atomic(storage.join(url, "bundle.json"), info.model_dump_json(indent=1).encode(), options)
+    return url
+
+
+def load_bundle(url: str, options: StorageOptions | None = None,
+                device: str | torch.device = "cpu") -> tuple[DualStreamNet, SubClusterAdaCos, BundleInfo]:
+    """The model (eval mode), its loss head (for class probabilities) and the bundle's info."""
+    meta_url = storage.join(url, "bundle.json")
+    if not storage.exists(meta_url, options):
+        raise BundleError(f"{url}: no bundle.json - not a model bundle, or an incomplete one")
+    try:
+        info = BundleInfo.model_validate(json.loads(storage.read_bytes(meta_url, options)))
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{meta_url}: invalid bundle description: {e}") from None
+    if info.version != BUNDLE_VERSION:
+        raise BundleError(f"{meta_url}: bundle version {info.version}, this asd_ray reads {BUNDLE_VERSION}")
+    state = load_weights(storage.read_bytes(storage.join(url, "weights.pt"), options), storage.join(url, "weights.pt"))
+    model, loss_fn = build(info)
+    try:
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+    except (KeyError, RuntimeError) as e:
+        raise BundleError(f"{url}: weights do not match bundle.json: {e}") from None
+    return model.to(device).eval(), loss_fn.to(device).eval(), info

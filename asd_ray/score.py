@@ -1,0 +1,249 @@
+"""``asd-ray score``: embed with Ray Data, fit references on normal training clips, score a test set.
+
+Embedding runs as ``map_batches`` over an actor pool (one model per actor, GPU actors when asked);
+the driver streams the embeddings back (256 floats a clip) and keeps only per-group references and
+per-clip scores, so memory does not grow with the audio.
+
+References, per (machine, section, domain), from the normal training clips:
+``centroid`` (the report's method): the mean embedding; ``kmeans`` (Wilkinghoff's way): k-means
+sub-centroids of the source domain plus every target-domain training embedding.
+They are saved beside the model (``<bundle>/references.npz``, numpy arrays only).
+Score = minimum cosine distance (1 - cosine similarity) to the references of the clip's machine
+and section, both domains. Decision threshold: a gamma distribution fitted to the training clips'
+scores per machine and section, at ``decision_percentile`` (as the DCASE baseline does).
+
+Outputs under ``out``: ``scores.parquet`` (clip_id, machine, section, domain, label, score,
+decision), the DCASE submission files ``anomaly_score_<machine>_section_<XX>_test.csv`` and
+``decision_result_<machine>_section_<XX>_test.csv``, ``unscored.csv`` (clips whose machine/section
+has no reference: reported, never scored) and, written last, ``manifest.json``. A run first removes
+the old manifest, so an output folder with a manifest is always complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from scipy import stats
+from sklearn.cluster import KMeans
+
+from asd_ray import bundle, dataset, storage
+from asd_ray.config import JobConfig
+from asd_ray.storage import StorageOptions
+
+META = ("clip_id", "machine", "section", "domain", "label")
+
+
+class ScoreConfig(JobConfig):
+    bundle: str = Field("runs/train/asd-train/model", description="URL of the model bundle")
+    data: str = Field("runs/demo/data", description="clip dataset: its test split is scored")
+    fit_data: str | None = Field(None, description="clip dataset whose normal train split gives the references "
+                                                   "(default: data)")
+    out: str = Field("runs/score", description="URL of the output folder")
+    machines: list[str] | None = None
+    references: Literal["centroid", "kmeans"] = "centroid"
+    kmeans_clusters: int = Field(16, ge=1)
+    decision_percentile: float = Field(90.0, gt=0, lt=100)
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(1, ge=1, description="embedding actors (one model each)")
+    use_gpu: bool = False
+    cpus_per_actor: float = Field(1.0, gt=0)
+    references_to: str | None = Field(None, description="URL of the fitted references "
+                                                        "(default: beside the model, <bundle>/references.npz)")
+    storage: StorageOptions = StorageOptions()
+
+    @property
+    def references_url(self) -> str:
+        return self.references_to or storage.join(self.bundle, "references.npz")
+
+
+class Embedder:
+    """Ray Data actor: one model per actor, waveform batches in, unit-norm embeddings out."""
+
+    def __init__(self, bundle_url: str, options: dict, use_gpu: bool):
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model, _, _ = bundle.load_bundle(bundle_url, StorageOptions(**options), self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                   enabled=self.device.type == "cuda"):
+            emb = self.model(torch.as_tensor(batch["audio"], device=self.device))
+        out = {k: batch[k] for k in META}
+        out["embedding"] = F.normalize(emb.float(), dim=1).cpu().numpy()
+        return out
+
+
+def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ray.data.Dataset:
+    ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
+                            sample_rate=info.sample_rate, options=cfg.storage)
+    return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_url": cfg.bundle,
+                                                           "options": cfg.storage.model_dump(),
+                                                           "use_gpu": cfg.use_gpu},
+                          compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
+                          batch_format="numpy", num_gpus=1 if cfg.use_gpu else 0, num_cpus=cfg.cpus_per_actor)
+
+
+class References:
+    """Reference vectors per (machine, section), each tagged with its domain."""
+
+    def __init__(self, vectors: dict[tuple[str, str], np.ndarray], domains: dict[tuple[str, str], np.ndarray],
+                 thresholds: dict[tuple[str, str], float] | None = None, meta: dict | None = None):
+        self.vectors, self.domains = vectors, domains
+        self.thresholds, self.meta = thresholds or {}, meta or {}
+
+    def score(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
+        """Minimum cosine distance of unit-norm ``emb`` rows to the group's references."""
+        return 1.0 - (emb @ self.vectors[(machine, section)].T).max(axis=1)
+
+    def to_bytes(self) -> bytes:
+        keys = sorted(self.vectors)
+        buf = io.BytesIO()
+        np.savez(buf, groups=np.array([f"{m}|{s}" for m, s in keys]),
+                 sizes=np.array([len(self.vectors[k]) for k in keys]),
+                 vectors=np.concatenate([self.vectors[k] for k in keys]).astype(np.float32),
+                 domains=np.concatenate([self.domains[k] for k in keys]).astype(str),
+                 thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
+                 meta=np.array(json.dumps(self.meta)))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "References":
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        keys = [tuple(g.split("|")) for g in z["groups"]]
+        bounds = np.cumsum([0, *z["sizes"]])
+        vectors = {k: z["vectors"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
+        domains = {k: z["domains"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
+        thresholds = {k: float(t) for k, t in zip(keys, z["thresholds"])}
+        return cls(vectors, domains, thresholds, json.loads(str(z["meta"])))
+
+
+def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
+    """Embed the normal training clips and build references and decision thresholds."""
+    source = cfg.fit_data or cfg.data
+    groups: dict[tuple[str, str, str], list[np.ndarray]] = defaultdict(list)
+    for batch in embed(cfg, info, source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
+        for i in np.flatnonzero(batch["label"] == "normal"):
+            groups[(batch["machine"][i], batch["section"][i], batch["domain"][i])].append(batch["embedding"][i])
+    if not groups:
+        raise ValueError(f"{source}: no normal training clips to fit references on")
+    vectors, domains = defaultdict(list), defaultdict(list)
+    for (machine, section, domain), embs in sorted(groups.items()):
+        embs = np.stack(embs)
+        if cfg.references == "kmeans" and domain == "source":
+            k = min(cfg.kmeans_clusters, len(embs))
+            refs = KMeans(n_clusters=k, n_init=10, random_state=0).fit(embs).cluster_centers_
+        elif cfg.references == "kmeans":
+            refs = embs  # few target clips: keep them all
+        else:
+            refs = embs.mean(axis=0, keepdims=True)
+        refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
+        vectors[(machine, section)].append(refs)
+        domains[(machine, section)] += [domain] * len(refs)
+    refs = References({k: np.concatenate(v) for k, v in vectors.items()},
+                      {k: np.array(v) for k, v in domains.items()},
+                      meta={"data": source, "method": cfg.references, "bundle": cfg.bundle,
+                            "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}})
+    for (machine, section, _), embs in groups.items():  # thresholds from the training clips' own scores
+        key = (machine, section)
+        train_scores = np.concatenate([refs.score(machine, section, np.stack(e))
+                                       for (m, s, _), e in groups.items() if (m, s) == key])
+        shape, loc, scale = stats.gamma.fit(np.maximum(train_scores, 1e-9))
+        refs.thresholds[key] = float(stats.gamma.ppf(cfg.decision_percentile / 100, shape, loc=loc, scale=scale))
+    return refs
+
+
+def score_test(cfg: ScoreConfig, info: bundle.BundleInfo, refs: References) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Scores of every test clip, and the clips that could not be scored (with why)."""
+    rows: dict[str, list] = {k: [] for k in (*META, "score", "decision")}
+    unscored: list[tuple[str, str]] = []
+    for batch in embed(cfg, info, cfg.data, "test").iter_batches(batch_size=1024, batch_format="numpy"):
+        for (machine, section), idx in _group_rows(batch).items():
+            if (machine, section) not in refs.vectors:
+                unscored += [(batch["clip_id"][i], f"no references for machine '{machine}' section '{section}'")
+                             for i in idx]
+                continue
+            scores = refs.score(machine, section, batch["embedding"][idx])
+            for k in META:
+                rows[k] += batch[k][idx].tolist()
+            rows["score"] += scores.tolist()
+            rows["decision"] += (scores > refs.thresholds[(machine, section)]).astype(int).tolist()
+    table = pa.table({**{k: pa.array(rows[k], pa.string()) for k in META},
+                      "score": pa.array(rows["score"], pa.float64()), "decision": pa.array(rows["decision"], pa.int8())})
+    ids = table["clip_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise RuntimeError("a test clip was scored twice; refusing to write")  # never expected: a guard
+    return table.sort_by("clip_id"), sorted(unscored)
+
+
+def _group_rows(batch: dict[str, np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
+    keys = np.array([f"{m}|{s}" for m, s in zip(batch["machine"], batch["section"])])
+    return {tuple(k.split("|")): np.flatnonzero(keys == k) for k in np.unique(keys)}
+
+
+def submission_files(table: pa.Table) -> dict[str, bytes]:
+    """The DCASE CSVs: ``<file>.wav,<score>`` and ``<file>.wav,<0|1>`` per machine and section."""
+    files: dict[str, bytes] = {}
+    df = table.to_pydict()
+    groups = sorted({(m, s) for m, s in zip(df["machine"], df["section"])})
+    for machine, section in groups:
+        idx = [i for i, (m, s) in enumerate(zip(df["machine"], df["section"])) if (m, s) == (machine, section)]
+        for prefix, column in (("anomaly_score", "score"), ("decision_result", "decision")):
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerows([f"{df['clip_id'][i].rsplit('/', 1)[-1]}.wav", df[column][i]] for i in idx)
+            files[f"{prefix}_{machine}_section_{section}_test.csv"] = buf.getvalue().encode()
+    return files
+
+
+def run_score(cfg: ScoreConfig) -> dict:
+    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
+                                                           region=cfg.storage.resolved_region())})
+    _, _, info = bundle.load_bundle(cfg.bundle, cfg.storage)
+    print(f"score: fitting {cfg.references} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
+    refs = fit_references(cfg, info)
+    storage.write_bytes_atomic(cfg.references_url, refs.to_bytes(), cfg.storage)
+    print(f"score: scoring {cfg.data} (test) with {cfg.actors} embedding actor(s)", flush=True)
+    table, unscored = score_test(cfg, info, refs)
+    write_outputs(cfg, refs, table, unscored)
+    return {"out": cfg.out, "scored": table.num_rows, "unscored": unscored,
+            "groups": sorted({f"{m} section {s}" for m, s in zip(table["machine"].to_pylist(),
+                                                                 table["section"].to_pylist())})}
+
+
+def write_outputs(cfg: ScoreConfig, refs: References, table: pa.Table, unscored: list[tuple[str, str]]) -> None:
+    fs, root = storage.fsspec_fs(cfg.out, cfg.storage)
+    manifest_url = storage.join(cfg.out, "manifest.json")
+    if storage.exists(manifest_url, cfg.storage):
+        fs.rm_file(storage.strip_protocol(manifest_url))  # from here until the end the folder is incomplete
+    files = submission_files(table)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    files["scores.parquet"] = buf.getvalue()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([("clip_id", "reason"), *unscored])
+    files["unscored.csv"] = out.getvalue().encode()
+    for name, data in files.items():
+        storage.write_bytes_atomic(storage.join(cfg.out, name), data, cfg.storage)
+    stale = [p for p in fs.glob(f"{root}/*_section_*_test.csv") if p.rsplit("/", 1)[-1] not in files]
+    for path in stale:
+        fs.rm_file(path)
+    manifest = {"files": sorted(files), "scored": table.num_rows, "unscored": len(unscored),
+                "config": cfg.model_dump(mode="json", exclude={"storage"})}
+    storage.write_bytes_atomic(manifest_url, json.dumps(manifest, indent=1).encode(), cfg.storage)
+
+
+def read_scores(url: str, options: StorageOptions | None = None) -> pa.Table:
+    """The scores of a complete scoring output (one with a manifest)."""
+    if not storage.exists(storage.join(url, "manifest.json"), options):
+        raise FileNotFoundError(f"{url}: no manifest.json - not a scoring output, or an incomplete one")
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(url, "scores.parquet"), options)))

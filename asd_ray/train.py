@@ -1,0 +1,217 @@
+"""``asd-ray train``: data-parallel training with Ray Train from clip shards at any URL.
+
+The driver builds the label map from the training clips' metadata, hands Ray Train a streaming
+Ray Dataset (read, decode and crop on CPU, split across workers) and, when training ends, turns
+the last checkpoint into a model bundle. ``train_loop`` is the whole per-worker loop.
+Re-running with the same ``name`` and ``storage_path`` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from asd_ray import bundle, dataset, storage
+from asd_ray.augment import mixup
+from asd_ray.config import JobConfig
+from asd_ray.labels import LabelMap
+from asd_ray.loss import SubClusterAdaCos
+from asd_ray.model import DualStreamNet, ModelConfig
+from asd_ray.storage import StorageOptions
+
+STATE_FILE = "state.pt"
+FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
+
+
+class TrainConfig(JobConfig):
+    data: str = Field("runs/demo/data", description="URL of the clip dataset")
+    machines: list[str] | None = Field(None, description="machine types to train on (default: all)")
+    name: str = Field("asd-train", description="run name; the same name and storage_path resume")
+    storage_path: str = Field("runs/train", description="URL under which runs and checkpoints live")
+    bundle: str | None = Field(None, description="URL of the model bundle (default <storage_path>/<name>/model)")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data's readers")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2, description="per worker")
+    shuffle_buffer: int = Field(256, ge=0, description="clips per worker mixed across shards before batching")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    mixup_alpha: float = Field(0.2, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    n_subclusters: int = Field(16, ge=1)
+    clip_seconds: float = Field(10.0, gt=0, description="clips are cropped / padded to this length")
+    sample_rate: int = 16000
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last always has one)")
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(3, ge=0, description="worker failures to recover from")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    storage: StorageOptions = StorageOptions()
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def bundle_url(self) -> str:
+        return self.bundle or storage.join(self.storage_path, self.name, "model")
+
+
+def label_batch(batch: dict[str, np.ndarray], classes: list[str]) -> dict[str, np.ndarray]:
+    labels = LabelMap(classes=classes)
+    return {"audio": batch["audio"],
+            "label": np.array([labels.index(m, s, a) for m, s, a in
+                               zip(batch["machine"], batch["section"], batch["attribute_key"])], dtype=np.int64)}
+
+
+def train_loop(config: dict) -> None:
+    """One Ray Train worker: resume, then per epoch stream batches, step, report, checkpoint."""
+    cfg = TrainConfig.model_validate(config["cfg"])
+    labels = LabelMap(classes=config["classes"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial model and, above all, the same fixed centres on every rank
+    model = DualStreamNet(cfg.model)
+    loss_fn = SubClusterAdaCos(cfg.model.emb_dim, len(labels), cfg.n_subclusters).to(device)
+    torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    shard = ray.train.get_dataset_shard("train")
+    amp = device.type == "cuda"
+
+    for epoch in range(start_epoch, cfg.epochs):
+        _maybe_fail(epoch, rank)
+        model.train()
+        loss_fn.train()
+        totals = torch.zeros(3, device=device)  # loss sum, correct, clips
+        t0 = time.time()
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
+                                              local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                              dtypes={"audio": torch.float32, "label": torch.int64}):
+            x, y = mixup(batch["audio"], F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                emb = model(x)
+            loss = loss_fn(emb, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                correct = (loss_fn.class_log_probs(emb).argmax(1) == y.argmax(1)).sum()
+            totals += torch.stack([loss.detach() * len(x), correct.float(), torch.tensor(float(len(x)), device=device)])
+        sched.step()
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        loss_sum, correct, clips = totals.tolist()
+        metrics = {"epoch": epoch, "loss": loss_sum / max(clips, 1), "accuracy": correct / max(clips, 1),
+                   "clips_per_s": clips / (time.time() - t0), "lr": sched.get_last_lr()[0],
+                   "scale": float(loss_fn.scale), "start_epoch": start_epoch}
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  aux acc {metrics['accuracy']:.3f}  "
+                  f"{metrics['clips_per_s']:.1f} clips/s  lr {metrics['lr']:.2e}  scale {metrics['scale']:.2f}",
+                  flush=True)
+        save = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                state = {"model": core.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "epoch": epoch}
+                torch.save(state, os.path.join(d, STATE_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)  # a barrier: every worker reports every epoch
+
+
+def _maybe_fail(epoch: int, rank: int) -> None:
+    """Test-only fault hook: with both env vars set, rank 0 dies hard once at that epoch."""
+    at, marker = os.environ.get(FAULT_EPOCH_ENV), os.environ.get(FAULT_MARKER_ENV)
+    if at is not None and marker and rank == 0 and epoch == int(at) and not os.path.exists(marker):
+        open(marker, "w").close()
+        print(f"fault hook: killing worker rank 0 at epoch {epoch}", flush=True)
+        os._exit(1)
+
+
+def training_data(cfg: TrainConfig) -> tuple[ray.data.Dataset, LabelMap]:
+    keys = dataset.clip_keys(cfg.data, split="train", machine=cfg.machines, options=cfg.storage)
+    labels = LabelMap.from_clips(keys)
+    if len(labels) < 2:
+        raise ValueError(f"{cfg.data}: training needs at least 2 auxiliary classes "
+                         f"(machine x section x attributes), found {labels.classes}")
+    ds = dataset.read_clips(cfg.data, split="train", machine=cfg.machines, num_samples=cfg.clip_samples,
+                            options=cfg.storage)
+    ds = ds.map_batches(label_batch, fn_kwargs={"classes": labels.classes}, batch_format="numpy")
+    return ds.randomize_block_order(seed=None), labels
+
+
+def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
+    fs, path = storage.pyarrow_fs(cfg.storage_path, cfg.storage)
+    return ray.train.RunConfig(
+        name=cfg.name, storage_path=path, storage_filesystem=fs,
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        worker_runtime_env={"env_vars": {k: os.environ[k] for k in (FAULT_EPOCH_ENV, FAULT_MARKER_ENV)
+                                         if k in os.environ}},
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
+    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
+                                                           region=cfg.storage.resolved_region())})
+    ds, labels = training_data(cfg)
+    print(f"train: {len(labels)} auxiliary classes; {cfg.num_workers} worker(s), gpu={cfg.use_gpu}; "
+          f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                                     **({"GPU": 1} if cfg.use_gpu else {})}),
+        run_config=run_config(cfg),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
+    model, loss_fn = DualStreamNet(cfg.model), SubClusterAdaCos(cfg.model.emb_dim, len(labels), cfg.n_subclusters)
+    model.load_state_dict(state["model"])
+    loss_fn.load_state_dict(state["loss"])
+    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+    info = bundle.BundleInfo(model=cfg.model, labels=labels, n_subclusters=cfg.n_subclusters,
+                             sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples,
+                             training={"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1,
+                                       "final": result.metrics, "config": cfg.model_dump(mode="json", exclude={"storage"})})
+    bundle.save_bundle(cfg.bundle_url, info, bundle.weights_bytes(model, loss_fn), cfg.storage)
+    return {"bundle": cfg.bundle_url, "metrics": result.metrics, "history": history,
+            "checkpoint": result.checkpoint.path, "classes": len(labels)}
+
+
+def summary_text(summary: dict) -> str:
+    m = summary["metrics"]
+    return (f"trained {m['epoch'] + 1} epochs: loss {m['loss']:.4f}, aux accuracy {m['accuracy']:.3f}; "
+            f"model bundle at {summary['bundle']}\n" + json.dumps(m, indent=None))

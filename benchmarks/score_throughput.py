@@ -1,0 +1,97 @@
+"""Batch scoring at 1x and 10x data: clips/s and peak memory, and clips/s of a plain
+single-process loop (pyarrow read, decode, forward) on the same device.
+
+    python benchmarks/score_throughput.py [--clips 240] [--seconds 10] [--gpu]
+
+Peak memory is the largest sum of proportional set sizes (PSS: shared pages such as the object
+store's are split between the processes that map them, not counted once per process) over this
+process and all its children (the local Ray: raylet, object store, workers), sampled every 0.5 s. The model is freshly initialised:
+throughput does not depend on training.
+"""
+
+import argparse
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import ray
+import torch
+
+from asd_ray import bundle, schema, shards
+from asd_ray.labels import LabelMap
+from asd_ray.loss import SubClusterAdaCos
+from asd_ray.model import DualStreamNet
+from asd_ray.score import ScoreConfig, run_score
+from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.running = 0, True
+
+    def run(self):
+        me = psutil.Process()
+        while self.running:
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.5)
+
+
+def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
+    model, _, info = bundle.load_bundle(bundle_url, device=device)
+    t0, n = time.time(), 0
+    for url in shards.list_shards(data, split="test"):
+        table = shards.read_shard(url, columns=["audio"])
+        audio = np.stack([schema.decode_pcm16(a)[: info.clip_samples] for a in table["audio"].to_pylist()])
+        for i in range(0, len(audio), batch):
+            with torch.inference_mode():
+                model(torch.as_tensor(audio[i:i + batch], device=device)).cpu()
+            n += len(audio[i:i + batch])
+    return n / (time.time() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--clips", type=int, default=240, help="test clips at 1x")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--gpu", action="store_true")
+    args = p.parse_args()
+    ray.init()
+    root = tempfile.mkdtemp(prefix="asd-score-bench-")
+    model, loss = DualStreamNet(), SubClusterAdaCos(256, 2, 16)
+    info = bundle.BundleInfo(model=model.cfg, labels=LabelMap(classes=["a", "b"]), n_subclusters=16,
+                             sample_rate=16000, clip_samples=int(args.seconds * 16000))
+    bundle.save_bundle(f"{root}/model", info, bundle.weights_bytes(model, loss))
+    device = "cuda" if args.gpu else "cpu"
+    for scale in (1, 10):
+        per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
+        data = f"{root}/data-{scale}x"
+        synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds,
+                               counts=Counts(train_source=16, train_target=4, test_normal=per_domain // 2,
+                                             test_anomaly=per_domain // 2)), progress=False)
+        monitor = PeakMemory()
+        monitor.start()
+        t0 = time.time()
+        summary = run_score(ScoreConfig(bundle=f"{root}/model", data=data, out=f"{root}/out-{scale}x",
+                                        batch_size=args.batch, use_gpu=args.gpu))
+        wall = time.time() - t0
+        monitor.running = False
+        monitor.join()
+        total = summary["scored"] + 40  # test clips scored + train clips embedded for the references
+        plain = plain_loop(data, f"{root}/model", device, args.batch)
+        print(f"{scale:>2}x: {summary['scored']} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
+              f"{total / wall:.1f} clips/s; peak memory (PSS) {monitor.peak / 2**30:.2f} GiB; "
+              f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Fit, score and evaluate end to end on tiny synthetic data in the moto S3 server."""
+
+import csv
+import io
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from asd_ray import cli, shards, storage
+from asd_ray.evaluate import EvaluateConfig, run_evaluate
+from asd_ray.score import References, ScoreConfig, read_scores, run_score
+from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+from asd_ray.train import TrainConfig, train
+
+TINY_MODEL = dict(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
+                  freq_width=8, time_width=8)
+B = "s3://asd-score"
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, s3_endpoint):
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="asd-score")
+    counts = Counts(train_source=24, train_target=4, test_normal=6, test_anomaly=6)
+    synthesize(SynthConfig(out=f"{B}/data", clip_seconds=1.0, machines=["fan", "compressor"], counts=counts),
+               progress=False)
+    synthesize(SynthConfig(out=f"{B}/fan-only", clip_seconds=1.0, machines=["fan"], counts=counts), progress=False)
+    result = train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="m", epochs=2, batch_size=8,
+                               clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1))
+    return result["bundle"]
+
+
+def _test_clip_ids(data):
+    return sorted(i for u in shards.list_shards(data, split="test")
+                  for i in shards.read_shard(u, columns=["clip_id"])["clip_id"].to_pylist())
+
+
+def test_every_test_clip_scored_once_with_dcase_files(trained):
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8)
+    summary = run_score(cfg)
+    table = read_scores(cfg.out)
+    assert table["clip_id"].to_pylist() == _test_clip_ids(f"{B}/data") and summary["unscored"] == []
+    assert table.num_rows == 2 * 2 * (6 + 6) and set(table["decision"].to_pylist()) <= {0, 1}
+    assert np.isfinite(table["score"].to_numpy()).all() and (table["score"].to_numpy() >= 0).all()
+    fs, root = storage.fsspec_fs(cfg.out)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root))
+    for machine in ("compressor", "fan"):
+        for prefix in ("anomaly_score", "decision_result"):
+            assert f"{prefix}_{machine}_section_00_test.csv" in names
+        rows = list(csv.reader(io.StringIO(storage.read_bytes(
+            f"{cfg.out}/anomaly_score_{machine}_section_00_test.csv").decode())))
+        assert len(rows) == 24 and all(r[0].startswith("section_00_") and r[0].endswith(".wav") for r in rows)
+        stored = {c.rsplit("/", 1)[-1] + ".wav": s for c, s in zip(table["clip_id"].to_pylist(),
+                                                                    table["score"].to_pylist())}
+        assert all(float(s) == pytest.approx(stored[f]) for f, s in rows)
+    refs = References.from_bytes(storage.read_bytes(f"{trained}/references.npz"))
+    assert sorted(refs.vectors) == [("compressor", "00"), ("fan", "00")]
+    assert all(len(v) == 2 for v in refs.vectors.values())  # centroids: one per domain
+
+    result = run_evaluate(EvaluateConfig(scores=cfg.out))
+    labels = np.array([v == "anomaly" for v in table["label"].to_pylist()])
+    fan = np.array([m == "fan" for m in table["machine"].to_pylist()])
+    assert result["rows"][1]["pauc"] == roc_auc_score(labels[fan], table["score"].to_numpy()[fan], max_fpr=0.1)
+    for name in ("results.md", "results.csv", "report.md", "roc_fan.png", "hist_compressor.png"):
+        data = storage.read_bytes(f"{cfg.out}/evaluation/{name}")
+        assert data[:4] == b"\x89PNG" if name.endswith(".png") else len(data) > 50
+
+    # a re-run (as after a crash that left an incomplete folder) gives the same complete output
+    fs.rm_file(f"{root}/manifest.json")
+    storage.write_bytes_atomic(f"{cfg.out}/anomaly_score_fan_section_00_test.csv", b"half")
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        read_scores(cfg.out)
+    run_score(cfg)
+    assert read_scores(cfg.out).equals(table)
+
+
+def test_kmeans_references(trained):
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-km", references="kmeans", kmeans_clusters=3,
+                      references_to=f"{B}/out-km/refs.npz")
+    run_score(cfg)
+    refs = References.from_bytes(storage.read_bytes(cfg.references_url))
+    for key in refs.vectors:
+        assert sorted(refs.domains[key].tolist()).count("source") == 3
+        assert sorted(refs.domains[key].tolist()).count("target") == 4  # every target training clip kept
+    assert read_scores(cfg.out).num_rows == 48
+
+
+def test_clips_without_references_are_reported_not_scored(trained, capsys):
+    code = cli.main(["score", f"bundle={trained}", f"data={B}/data", f"fit_data={B}/fan-only", f"out={B}/out-u",
+                     f"references_to={B}/out-u/refs.npz"])
+    assert code == 1
+    assert "not scored: compressor/test/" in capsys.readouterr().out
+    table = read_scores(f"{B}/out-u")
+    assert set(table["machine"].to_pylist()) == {"fan"}
+    unscored = list(csv.reader(io.StringIO(storage.read_bytes(f"{B}/out-u/unscored.csv").decode())))[1:]
+    assert len(unscored) == 24 and all("no references for machine 'compressor'" in r[1] for r in unscored)
+
+
+def test_bundle_and_data_mismatch_is_a_clear_error(trained):
+    synthesize(SynthConfig(out=f"{B}/8k", sample_rate=8000, clip_seconds=1.0, machines=["fan"],
+                           counts=Counts(train_source=4, train_target=0, test_normal=2, test_anomaly=2)),
+               progress=False)
+    with pytest.raises(Exception, match="sample rate 8000 Hz, expected 16000 Hz"):
+        run_score(ScoreConfig(bundle=trained, data=f"{B}/8k", out=f"{B}/out-8k"))
+    assert not storage.exists(f"{B}/out-8k/manifest.json")
+    with pytest.raises(Exception, match="no bundle.json"):
+        run_score(ScoreConfig(bundle=f"{B}/data", data=f"{B}/data", out=f"{B}/out-x"))
