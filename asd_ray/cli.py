@@ -97,6 +97,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from asd_ray.sweep import SweepConfig, run_sweep
+
+    cfg = load_config(SweepConfig, args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    _ray()
+    result = run_sweep(cfg)
+    print(result["markdown"])
+    print(f"best {result['metric']} {result['best']:.4f} with {result['best_params']}")
+    print(f"best training config: {result['best_config']}  (asd-ray train --config <it>)")
+    print(f"results: {result['results_csv']}, plot: {result['plot']}")
+    return 1 if result["errors"] else 0
+
+
 def _ray() -> None:
     from asd_ray.cluster import ensure_ray
 
@@ -120,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("synth", _synth, "generate a DCASE-like synthetic dataset",
             ("--out", "dataset URL (local path, file://, s3://, ...)"))
     command("ingest", _ingest, "convert DCASE folders of WAV files to clip shards",
-            ("src", "URL of the DCASE folder (<machine>/train|test/*.wav)"), ("dest", "URL of the clip dataset to write"))
+            ("src", "URL of the DCASE folder (<machine>/train|test/*.wav)"),
+            ("dest", "URL of the clip dataset to write"))
     command("train", _train, "train the dual-stream model with Ray Train (resumes a run of the same name)")
+    command("tune", _tune, "search training hyperparameters with Ray Tune (resumes a sweep of the same name)")
     command("score", _score, "fit references and score a test set with Ray Data; write DCASE submission files")
     command("evaluate", _evaluate, "official DCASE metrics, tables and report of a scoring output",
             ("--scores", "URL of a scoring output (default runs/score)"))

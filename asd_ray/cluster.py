@@ -15,4 +15,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves the state API, which Ray Train's placement-group cleaner needs to
+        # free a finished run's worker CPUs; without it each Tune trial can leak its workers' CPUs.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)

@@ -73,7 +73,9 @@ def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Fil
     validate_shards(urls, options)
     fs, _ = storage.pyarrow_fs(url, options)
     ds = ray.data.read_parquet([storage.strip_protocol(u) for u in urls], filesystem=fs, partitioning=None,
-                               include_paths=columns is None, columns=columns)
+                               include_paths=columns is None)
+    if columns is not None:
+        ds = ds.select_columns(columns)  # pushed down into the Parquet read
     for name, values in (("section", section), ("domain", domain)):
         if values is not None:
             ds = ds.filter(expr=col(name).is_in([values] if isinstance(values, str) else list(values)))
@@ -91,7 +93,8 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     error naming it.
     """
     ds = _read(url, split, machine, section, domain, options)
-    return ds.map_batches(decode_batch, fn_kwargs={"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate},
+    kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate}
+    return ds.map_batches(decode_batch, fn_kwargs=kwargs,
                           batch_format="pyarrow", batch_size=64)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asd_ray import storage
-from asd_ray.config import JobConfig
+from asd_ray.config import JobConfig, deep_merge
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.score import ScoreConfig, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
@@ -39,11 +39,23 @@ class DemoConfig(JobConfig):
     train: TrainConfig = Field(default_factory=_train)
     score: ScoreConfig = Field(default_factory=_score)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _on_demo_defaults(cls, data):
+        """Overrides such as ``train.epochs=2`` change the demo's stage settings, not replace them."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, factory in (("synth", _synth), ("train", _train), ("score", _score)):
+                if isinstance(data.get(key), dict):
+                    data[key] = deep_merge(factory().model_dump(mode="json"), data[key])
+        return data
+
     def resolved(self) -> "DemoConfig":
         data = self.synth.out or storage.join(self.workdir, "data")
         runs = self.train.storage_path or storage.join(self.workdir, "runs")
         tr = self.train.model_copy(update={"data": self.train.data or data, "storage_path": runs})
-        sc = self.score.model_copy(update={"bundle": self.score.bundle or tr.bundle_url, "data": self.score.data or data,
+        sc = self.score.model_copy(update={"bundle": self.score.bundle or tr.bundle_url,
+                                           "data": self.score.data or data,
                                            "out": self.score.out or storage.join(self.workdir, "scores")})
         return self.model_copy(update={"synth": self.synth.model_copy(update={"out": data}), "train": tr, "score": sc})
 

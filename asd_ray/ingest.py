@@ -129,8 +129,7 @@ def ingest_chunk(cfg: IngestConfig, url: str, files: list[WavFile]) -> tuple[str
 
 def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
     """Run the ingest; returns a summary with the counts and every reject."""
-    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
-                                                           region=cfg.storage.resolved_region())})
+    cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     files, rejects = discover(cfg)
     jobs = []
     limit = cfg.shard_mb * 1e6

@@ -54,7 +54,8 @@ class FFTBranch(nn.Module):
         self.norm = nn.BatchNorm1d(1)
         layers, c_in = [], 1
         for c_out, (k, s) in zip(cfg.fft_channels, [(256, 64), (64, 8), (16, 2)] + [(3, 1)] * 8):
-            layers += [nn.Conv1d(c_in, c_out, k, stride=s, padding=k // 2), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+            layers += [nn.Conv1d(c_in, c_out, k, stride=s, padding=k // 2), nn.BatchNorm1d(c_out),
+                       nn.ReLU(inplace=True)]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool1d(cfg.fft_bins)

@@ -79,7 +79,8 @@ def validate_rows(table: pa.Table, source: str) -> None:
         values = table.column(column).to_pylist()
         for row, value in enumerate(values):
             if (value is None and not nullable) or (value is not None and value not in allowed):
-                raise SchemaError(f"{source}: row {row} ({table['clip_id'][row]}): {column}={value!r}, expected one of {allowed}")
+                raise SchemaError(f"{source}: row {row} ({table['clip_id'][row]}): {column}={value!r}, "
+                                  f"expected one of {allowed}")
     lengths = np.array([len(a) for a in table.column("audio").to_pylist()]) if table.num_rows else np.zeros(0)
     expected = 2 * table.column("num_samples").to_numpy()
     bad = np.flatnonzero(lengths != expected)

@@ -22,8 +22,11 @@ the old manifest, so an output folder with a manifest is always complete.
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import io
 import json
+import sys
 from collections import defaultdict
 from typing import Literal
 
@@ -42,6 +45,7 @@ from asd_ray.config import JobConfig
 from asd_ray.storage import StorageOptions
 
 META = ("clip_id", "machine", "section", "domain", "label")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
 
 
 class ScoreConfig(JobConfig):
@@ -58,6 +62,8 @@ class ScoreConfig(JobConfig):
     actors: int = Field(1, ge=1, description="embedding actors (one model each)")
     use_gpu: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)
+    buffer_mb: int = Field(1024, ge=64, description="Ray Data object-store budget of the embedding pipeline: "
+                                                    "memory stays bounded whatever the dataset size")
     references_to: str | None = Field(None, description="URL of the fitted references "
                                                         "(default: beside the model, <bundle>/references.npz)")
     storage: StorageOptions = StorageOptions()
@@ -80,7 +86,16 @@ class Embedder:
             emb = self.model(torch.as_tensor(batch["audio"], device=self.device))
         out = {k: batch[k] for k in META}
         out["embedding"] = F.normalize(emb.float(), dim=1).cpu().numpy()
+        release_freed_memory()
         return out
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap back to the OS. Every batch allocates and frees tens of MB of audio and
+    activations; glibc keeps such freed blocks fragmented in the heap, so a long-lived actor's
+    memory would creep up with the number of batches it has seen."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ray.data.Dataset:
@@ -91,6 +106,16 @@ def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ra
                                                            "use_gpu": cfg.use_gpu},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
                           batch_format="numpy", num_gpus=1 if cfg.use_gpu else 0, num_cpus=cfg.cpus_per_actor)
+
+
+def limit_buffering(cfg: ScoreConfig) -> None:
+    """Keep memory flat as the dataset grows. Without a budget, readers run ahead of slower
+    embedding actors and park audio in the object store (up to 30% of RAM by default); and worker
+    processes that read Parquet keep Arrow's memory after the task, so reads get workers of their own."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=cfg.buffer_mb * 2**20)
+    ctx.isolate_read_workers = True
 
 
 class References:
@@ -127,6 +152,18 @@ class References:
         return cls(vectors, domains, thresholds, json.loads(str(z["meta"])))
 
 
+def centroid_references(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray,
+                        domains: np.ndarray) -> References:
+    """The report's references: the unit-norm mean embedding per (machine, section, domain)."""
+    vectors, doms = defaultdict(list), defaultdict(list)
+    for key in sorted(set(zip(machines, sections, domains))):
+        keep = (machines == key[0]) & (sections == key[1]) & (domains == key[2])
+        centre = emb[keep].mean(axis=0)
+        vectors[key[:2]].append(centre / np.linalg.norm(centre))
+        doms[key[:2]].append(key[2])
+    return References({k: np.stack(v) for k, v in vectors.items()}, {k: np.array(v) for k, v in doms.items()})
+
+
 def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     """Embed the normal training clips and build references and decision thresholds."""
     source = cfg.fit_data or cfg.data
@@ -136,25 +173,25 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
             groups[(batch["machine"][i], batch["section"][i], batch["domain"][i])].append(batch["embedding"][i])
     if not groups:
         raise ValueError(f"{source}: no normal training clips to fit references on")
-    vectors, domains = defaultdict(list), defaultdict(list)
-    for (machine, section, domain), embs in sorted(groups.items()):
-        embs = np.stack(embs)
-        if cfg.references == "kmeans" and domain == "source":
-            k = min(cfg.kmeans_clusters, len(embs))
-            refs = KMeans(n_clusters=k, n_init=10, random_state=0).fit(embs).cluster_centers_
-        elif cfg.references == "kmeans":
-            refs = embs  # few target clips: keep them all
-        else:
-            refs = embs.mean(axis=0, keepdims=True)
-        refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
-        vectors[(machine, section)].append(refs)
-        domains[(machine, section)] += [domain] * len(refs)
-    refs = References({k: np.concatenate(v) for k, v in vectors.items()},
-                      {k: np.array(v) for k, v in domains.items()},
-                      meta={"data": source, "method": cfg.references, "bundle": cfg.bundle,
-                            "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}})
-    for (machine, section, _), embs in groups.items():  # thresholds from the training clips' own scores
-        key = (machine, section)
+    if cfg.references == "centroid":
+        keys = [k for k, embs in groups.items() for _ in embs]
+        refs = centroid_references(np.stack([e for embs in groups.values() for e in embs]),
+                                   *(np.array([k[i] for k in keys]) for i in range(3)))
+    else:
+        vectors, domains = defaultdict(list), defaultdict(list)
+        for (machine, section, domain), embs in sorted(groups.items()):
+            embs = np.stack(embs)
+            if domain == "source":
+                k = min(cfg.kmeans_clusters, len(embs))
+                embs = KMeans(n_clusters=k, n_init=10, random_state=0).fit(embs).cluster_centers_
+            vectors[(machine, section)].append(embs / np.linalg.norm(embs, axis=1, keepdims=True))
+            domains[(machine, section)] += [domain] * len(embs)  # few target clips: all kept
+        refs = References({k: np.concatenate(v) for k, v in vectors.items()},
+                          {k: np.array(v) for k, v in domains.items()})
+    refs.meta = {"data": source, "method": cfg.references, "bundle": cfg.bundle,
+                 "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
+    for key in refs.vectors:  # thresholds from the training clips' own scores
+        machine, section = key
         train_scores = np.concatenate([refs.score(machine, section, np.stack(e))
                                        for (m, s, _), e in groups.items() if (m, s) == key])
         shape, loc, scale = stats.gamma.fit(np.maximum(train_scores, 1e-9))
@@ -178,7 +215,8 @@ def score_test(cfg: ScoreConfig, info: bundle.BundleInfo, refs: References) -> t
             rows["score"] += scores.tolist()
             rows["decision"] += (scores > refs.thresholds[(machine, section)]).astype(int).tolist()
     table = pa.table({**{k: pa.array(rows[k], pa.string()) for k in META},
-                      "score": pa.array(rows["score"], pa.float64()), "decision": pa.array(rows["decision"], pa.int8())})
+                      "score": pa.array(rows["score"], pa.float64()),
+                      "decision": pa.array(rows["decision"], pa.int8())})
     ids = table["clip_id"].to_pylist()
     if len(set(ids)) != len(ids):
         raise RuntimeError("a test clip was scored twice; refusing to write")  # never expected: a guard
@@ -206,9 +244,9 @@ def submission_files(table: pa.Table) -> dict[str, bytes]:
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
-                                                           region=cfg.storage.resolved_region())})
+    cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     _, _, info = bundle.load_bundle(cfg.bundle, cfg.storage)
+    limit_buffering(cfg)
     print(f"score: fitting {cfg.references} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
     refs = fit_references(cfg, info)
     storage.write_bytes_atomic(cfg.references_url, refs.to_bytes(), cfg.storage)

@@ -33,6 +33,10 @@ class StorageOptions(BaseModel):
     def resolved_region(self) -> str:
         return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
+    def resolved(self) -> "StorageOptions":
+        """Endpoint and region fixed from this process's environment, to ship to Ray workers."""
+        return StorageOptions(endpoint_url=self.resolved_endpoint(), region=self.resolved_region())
+
 
 def protocol(url: str) -> str:
     scheme = urlparse(url).scheme

@@ -28,6 +28,7 @@ from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
 from asd_ray.storage import StorageOptions
+from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
 STATE_FILE = "state.pt"
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
@@ -56,6 +57,8 @@ class TrainConfig(JobConfig):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(3, ge=0, description="worker failures to recover from")
     seed: int = 0
+    validation: ValidationConfig | None = Field(None, description="score a small labelled budget every epoch "
+                                                                 "(reported as official_score)")
     model: ModelConfig = ModelConfig()
     storage: StorageOptions = StorageOptions()
 
@@ -102,6 +105,8 @@ def train_loop(config: dict) -> None:
     core = model.module if hasattr(model, "module") else model
     shard = ray.train.get_dataset_shard("train")
     amp = device.type == "cuda"
+    val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
+           if cfg.validation and rank == 0 else None)
 
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_fail(epoch, rank)
@@ -127,12 +132,15 @@ def train_loop(config: dict) -> None:
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, correct, clips = totals.tolist()
-        metrics = {"epoch": epoch, "loss": loss_sum / max(clips, 1), "accuracy": correct / max(clips, 1),
+        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "loss": loss_sum / max(clips, 1), "accuracy": correct / max(clips, 1),
                    "clips_per_s": clips / (time.time() - t0), "lr": sched.get_last_lr()[0],
                    "scale": float(loss_fn.scale), "start_epoch": start_epoch}
+        if cfg.validation:
+            metrics["official_score"] = validation_score(core, val, device) if val else float("nan")
         if rank == 0:
+            extra = f"  official score {metrics['official_score']:.4f}" if cfg.validation else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  aux acc {metrics['accuracy']:.3f}  "
-                  f"{metrics['clips_per_s']:.1f} clips/s  lr {metrics['lr']:.2e}  scale {metrics['scale']:.2f}",
+                  f"{metrics['clips_per_s']:.1f} clips/s  lr {metrics['lr']:.2e}  scale {metrics['scale']:.2f}{extra}",
                   flush=True)
         save = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         if save and rank == 0:
@@ -154,22 +162,26 @@ def _maybe_fail(epoch: int, rank: int) -> None:
         os._exit(1)
 
 
-def training_data(cfg: TrainConfig) -> tuple[ray.data.Dataset, LabelMap]:
-    keys = dataset.clip_keys(cfg.data, split="train", machine=cfg.machines, options=cfg.storage)
-    labels = LabelMap.from_clips(keys)
+def label_map(cfg: TrainConfig) -> LabelMap:
+    labels = LabelMap.from_clips(dataset.clip_keys(cfg.data, split="train", machine=cfg.machines,
+                                                   options=cfg.storage))
     if len(labels) < 2:
         raise ValueError(f"{cfg.data}: training needs at least 2 auxiliary classes "
                          f"(machine x section x attributes), found {labels.classes}")
+    return labels
+
+
+def training_data(cfg: TrainConfig, labels: LabelMap) -> ray.data.Dataset:
     ds = dataset.read_clips(cfg.data, split="train", machine=cfg.machines, num_samples=cfg.clip_samples,
                             options=cfg.storage)
     ds = ds.map_batches(label_batch, fn_kwargs={"classes": labels.classes}, batch_format="numpy")
-    return ds.randomize_block_order(seed=None), labels
+    return ds.randomize_block_order(seed=None)
 
 
-def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
+def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:
     fs, path = storage.pyarrow_fs(cfg.storage_path, cfg.storage)
     return ray.train.RunConfig(
-        name=cfg.name, storage_path=path, storage_filesystem=fs,
+        name=cfg.name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         worker_runtime_env={"env_vars": {k: os.environ[k] for k in (FAULT_EPOCH_ENV, FAULT_MARKER_ENV)
@@ -177,23 +189,32 @@ def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
-    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
-                                                           region=cfg.storage.resolved_region())})
-    ds, labels = training_data(cfg)
+def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+    """The dataset is handed over as a factory: Ray Train builds it in its controller, so that a
+    trainer started inside a Tune trial does not run Ray Data in the trial's small placement group."""
     print(f"train: {len(labels)} auxiliary classes; {cfg.num_workers} worker(s), gpu={cfg.use_gpu}; "
           f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
-    trainer = ray.train.torch.TorchTrainer(
+    return ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                      **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=run_config(cfg),
-        datasets={"train": ds},
+        run_config=run_config(cfg, callbacks),
+        datasets={"train": lambda: training_data(cfg, labels)},
     )
-    result = trainer.fit()
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """Endpoint and region fixed now, so that every worker uses the driver's."""
+    return cfg.model_copy(update={"storage": cfg.storage.resolved()})
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
+    cfg = resolved(cfg)
+    labels = label_map(cfg)
+    result = make_trainer(cfg, labels).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -205,7 +226,8 @@ def train(cfg: TrainConfig) -> dict:
     info = bundle.BundleInfo(model=cfg.model, labels=labels, n_subclusters=cfg.n_subclusters,
                              sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples,
                              training={"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1,
-                                       "final": result.metrics, "config": cfg.model_dump(mode="json", exclude={"storage"})})
+                                       "final": result.metrics,
+                                       "config": cfg.model_dump(mode="json", exclude={"storage"})})
     bundle.save_bundle(cfg.bundle_url, info, bundle.weights_bytes(model, loss_fn), cfg.storage)
     return {"bundle": cfg.bundle_url, "metrics": result.metrics, "history": history,
             "checkpoint": result.checkpoint.path, "classes": len(labels)}

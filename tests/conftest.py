@@ -56,7 +56,8 @@ def bucket(s3_endpoint) -> str:
 def ray_local(s3_endpoint):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024**2,
+    # the dashboard serves the state API that Ray Train's placement-group cleaner needs (see asd_ray/cluster.py)
+    ray.init(num_cpus=2, include_dashboard=True, object_store_memory=400 * 1024**2,
              runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}})
     yield
     ray.shutdown()

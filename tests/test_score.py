@@ -5,7 +5,6 @@ import io
 
 import boto3
 import numpy as np
-import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 

@@ -54,9 +54,10 @@ def test_train_on_s3_checkpoints_and_resumes(train_data):
 def test_killed_worker_is_replaced_and_training_resumes(train_data, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_EPOCH_ENV, "2")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed"))
-    result = train(_cfg(train_data, "fault", epochs=4))
+    result = train(_cfg(train_data, "fault", epochs=4, validation={"ref_clips": 8, "test_clips": 8}))
     assert (tmp_path / "killed").exists()  # the hook fired: rank 0 died at epoch 2
     assert result["metrics"]["epoch"] == 3
+    assert 0 <= result["metrics"]["official_score"] <= 1  # validation objective reported every epoch
     # the new worker group resumed from the last checkpoint Ray had registered when rank 0 died
     # (epoch 1's, or epoch 0's if the controller had not yet taken in the epoch-1 report), not from scratch
     assert result["metrics"]["start_epoch"] in (1, 2)

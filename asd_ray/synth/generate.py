@@ -173,8 +173,7 @@ def write_job(cfg: SynthConfig, url: str, blocks: list[Block]) -> list[str]:
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> dict:
     """Generate the dataset with parallel Ray tasks; returns a summary (also saved as ``_manifest.json``)."""
-    cfg = cfg.model_copy(update={"storage": StorageOptions(endpoint_url=cfg.storage.resolved_endpoint(),
-                                                           region=cfg.storage.resolved_region())})
+    cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     t0 = time.time()
     blocks = plan(cfg)
     jobs = shard_jobs(cfg, blocks)

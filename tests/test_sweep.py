@@ -1,0 +1,102 @@
+"""Ray Tune sweeps on tiny synthetic data: ASHA, the exported best config, resume after an interrupt."""
+
+import json
+import os
+import signal
+
+import pytest
+from ray.tune import Callback
+
+from asd_ray.config import ConfigError, load_config
+from asd_ray.sweep import SweepConfig, run_sweep
+from asd_ray.train import TrainConfig, train
+
+TINY_MODEL = dict(emb_dim=16, n_fft=256, hop_length=128, fft_channels=[4, 8, 8], spec_channels=[4, 8],
+                  freq_width=8, time_width=8)
+
+
+@pytest.fixture(scope="module")
+def sweep_data(ray_local, tmp_path_factory):
+    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+
+    out = str(tmp_path_factory.mktemp("sweep") / "data")
+    synthesize(SynthConfig(out=out, clip_seconds=1.0, machines=["fan", "gearbox"],
+                           counts=Counts(train_source=24, train_target=4, test_normal=4, test_anomaly=4)),
+               progress=False)
+    return out
+
+
+def _sweep(data: str, storage_path: str, name: str, **kw) -> SweepConfig:
+    train_cfg = dict(data=data, num_workers=1, cpus_per_worker=0.5, epochs=3, batch_size=8, clip_seconds=1.0,
+                     n_subclusters=2, storage_path=os.path.join(storage_path, "train-runs"), model=TINY_MODEL,
+                     validation={"ref_clips": 4, "test_clips": 8})
+    fields = dict(name=name, storage_path=storage_path, train=train_cfg, num_samples=4, max_concurrent=1,
+                  space={"lr": {"loguniform": [1e-4, 1e-2]}, "mixup_alpha": {"choice": [0.0, 0.2]}},
+                  asha={"grace_period": 1, "reduction_factor": 2}, seed=1)
+    fields.update(kw)
+    return SweepConfig.model_validate(fields)
+
+
+def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, tmp_path):
+    result = run_sweep(_sweep(sweep_data, str(tmp_path / "tune"), "asha"))
+    table = result["trials"]
+    assert result["metric"] == "official_score" and result["mode"] == "max"  # labelled test clips exist
+    assert len(table) == 4 and result["errors"] == 0
+    assert table["stopped_early"].any(), table  # ASHA cut at least one trial short
+    assert (table["epochs"] == 3).any() and (table["epochs"] < 3).any()
+    assert table["official_score"].between(0, 1).all()
+    assert result["best"] == table["official_score"].max()
+    for key in ("results_csv", "results_md", "plot", "best_config"):
+        assert os.path.getsize(result[key]) > 0, key
+
+    best = load_config(TrainConfig, result["best_config"], ["epochs=1", f"storage_path={tmp_path / 'best'}"])
+    assert best.lr == pytest.approx(result["best_params"]["lr"])
+    assert best.mixup_alpha == result["best_params"]["mixup_alpha"]
+    trained = train(best)
+    assert os.path.exists(os.path.join(trained["bundle"], "bundle.json"))
+
+
+class _InterruptAfterFirstTrial(Callback):
+    """Ctrl+C, as a user would press it, once the first trial has finished; only once (Tune keeps
+    the callback with the sweep's state, so the resumed run has it too)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _result_lines(trial_dir: str) -> int:
+    with open(os.path.join(trial_dir, "result.json")) as f:
+        return sum(1 for _ in f)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_data, tmp_path):
+    cfg = _sweep(sweep_data, str(tmp_path / "tune"), "resume", num_samples=3, asha=None, objective="loss")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
+    first = run_sweep(cfg, callbacks=[_InterruptAfterFirstTrial(str(tmp_path / "interrupted"))])
+    done = {t: n for t, n in zip(first["trials"]["trial"], first["trials"]["epochs"]) if n == 2}
+    assert 1 <= len(done) < 3, first["trials"]  # interrupted part way
+    lines = {t: _result_lines(os.path.join(cfg.experiment_url, t)) for t in done}
+
+    second = run_sweep(cfg)
+    assert len(second["trials"]) == 3 and (second["trials"]["epochs"] == 2).all(), second["trials"]
+    for trial, n in lines.items():  # finished trials were not run again
+        assert _result_lines(os.path.join(cfg.experiment_url, trial)) == n, trial
+    assert second["metric"] == "loss"
+
+
+def test_sweep_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="space.model.no_such_field"):
+        load_config(SweepConfig, None, ["space={model.no_such_field: {choice: [1]}}"])
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_config(SweepConfig, None, ["space={lr: {choice: [0.1], uniform: [0, 1]}}"])
+    with pytest.raises(ConfigError, match="space.batch_size"):
+        load_config(SweepConfig, None, ["space={batch_size: {choice: [1, 8]}}"])
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"num_samples": 0}))
+    with pytest.raises(ConfigError, match="num_samples"):
+        load_config(SweepConfig, path)
