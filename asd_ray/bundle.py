@@ -12,9 +12,12 @@ import io
 import json
 
 import torch
+from typing import Literal
+
 from pydantic import BaseModel
 
 from asd_ray import storage
+from asd_ray.autoencoder import AEConfig, MelAutoEncoder
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
@@ -25,7 +28,9 @@ BUNDLE_VERSION = 1
 
 class BundleInfo(BaseModel):
     version: int = BUNDLE_VERSION
+    method: Literal["scadacos", "autoencoder"] = "scadacos"
     model: ModelConfig
+    autoencoder: AEConfig = AEConfig()
     labels: LabelMap
     n_subclusters: int
     sample_rate: int
@@ -37,9 +42,9 @@ class BundleError(ValueError):
     pass
 
 
-def weights_bytes(model: torch.nn.Module, loss_fn: SubClusterAdaCos) -> bytes:
+def weights_bytes(model: torch.nn.Module, loss_fn: SubClusterAdaCos | None) -> bytes:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "loss": loss_fn.state_dict()}, buf)
+    torch.save({"model": model.state_dict(), "loss": loss_fn.state_dict() if loss_fn is not None else {}}, buf)
     return buf.getvalue()
 
 
@@ -50,9 +55,11 @@ def load_weights(data: bytes, source: str) -> dict:
         raise BundleError(f"{source}: not a tensors-only weights file ({e})") from None
 
 
-def build(info: BundleInfo) -> tuple[DualStreamNet, SubClusterAdaCos]:
-    model = DualStreamNet(info.model)
-    return model, SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
+def build(info: BundleInfo) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
+    """The model and its loss head (None for the autoencoder baseline, which scores by itself)."""
+    if info.method == "autoencoder":
+        return MelAutoEncoder(info.autoencoder, info.sample_rate), None
+    return DualStreamNet(info.model), SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
 
 
 def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOptions | None = None) -> str:
@@ -62,8 +69,9 @@ def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOpti
 
 
 def load_bundle(url: str, options: StorageOptions | None = None,
-                device: str | torch.device = "cpu") -> tuple[DualStreamNet, SubClusterAdaCos, BundleInfo]:
-    """The model (eval mode), its loss head (for class probabilities) and the bundle's info."""
+                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SubClusterAdaCos | None, BundleInfo]:
+    """The model (eval mode), its loss head (for class probabilities; None for the autoencoder)
+    and the bundle's info."""
     meta_url = storage.join(url, "bundle.json")
     if not storage.exists(meta_url, options):
         raise BundleError(f"{url}: no bundle.json - not a model bundle, or an incomplete one")
@@ -77,7 +85,8 @@ def load_bundle(url: str, options: StorageOptions | None = None,
     model, loss_fn = build(info)
     try:
         model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
+        if loss_fn is not None:
+            loss_fn.load_state_dict(state["loss"])
     except (KeyError, RuntimeError) as e:
         raise BundleError(f"{url}: weights do not match bundle.json: {e}") from None
-    return model.to(device).eval(), loss_fn.to(device).eval(), info
+    return model.to(device).eval(), loss_fn.to(device).eval() if loss_fn is not None else None, info

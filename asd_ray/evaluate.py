@@ -116,8 +116,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
               "official score = harmonic mean).", "", md]
     for m in sorted(per_machine):
         report += [f"## {m}", "", f"![ROC {m}](roc_{m}.png) ![scores {m}](hist_{m}.png)", ""]
-    files = {"results.md": md.encode(), "results.csv": buf.getvalue().encode(),
-             "report.md": "\n".join(report).encode(), **images}
+    # report.md goes last and an old one is removed first: an evaluation folder with a report is complete
+    report_url = storage.join(cfg.out_url, "report.md")
+    if storage.exists(report_url, cfg.storage):
+        fs, path = storage.fsspec_fs(report_url, cfg.storage)
+        fs.rm_file(path)
+    files = {**images, "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
+             "report.md": "\n".join(report).encode()}
     for name, data in files.items():
         storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
     return {"rows": rows, "per_machine": per_machine, "official_score": overall, "markdown": md,

@@ -74,7 +74,8 @@ class ScoreConfig(JobConfig):
 
 
 class Embedder:
-    """Ray Data actor: one model per actor, waveform batches in, unit-norm embeddings out."""
+    """Ray Data actor: one model per actor, waveform batches in, unit-norm embeddings out
+    (reconstruction errors for the autoencoder baseline)."""
 
     def __init__(self, bundle_url: str, options: dict, use_gpu: bool):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -83,9 +84,10 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                    enabled=self.device.type == "cuda"):
-            emb = self.model(torch.as_tensor(batch["audio"], device=self.device))
+            emb = self.model(torch.as_tensor(batch["audio"], device=self.device)).float()
         out = {k: batch[k] for k in META}
-        out["embedding"] = F.normalize(emb.float(), dim=1).cpu().numpy()
+        # the autoencoder baseline gives its reconstruction error, carried as a 1-d "embedding"
+        out["embedding"] = (emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy()
         release_freed_memory()
         return out
 
@@ -127,7 +129,10 @@ class References:
         self.thresholds, self.meta = thresholds or {}, meta or {}
 
     def score(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
-        """Minimum cosine distance of unit-norm ``emb`` rows to the group's references."""
+        """Minimum cosine distance of unit-norm ``emb`` rows to the group's references (for the
+        autoencoder baseline, whose references are empty, its reconstruction error)."""
+        if self.meta.get("method") == "reconstruction":
+            return emb[:, 0].astype(np.float64)
         return 1.0 - (emb @ self.vectors[(machine, section)].T).max(axis=1)
 
     def to_bytes(self) -> bytes:
@@ -173,7 +178,11 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
             groups[(batch["machine"][i], batch["section"][i], batch["domain"][i])].append(batch["embedding"][i])
     if not groups:
         raise ValueError(f"{source}: no normal training clips to fit references on")
-    if cfg.references == "centroid":
+    if info.method == "autoencoder":  # no references: the score is the reconstruction error itself
+        keys = sorted({(m, s) for m, s, _ in groups})
+        refs = References({k: np.zeros((0, 1), np.float32) for k in keys}, {k: np.array([], str) for k in keys},
+                          meta={"method": "reconstruction"})
+    elif cfg.references == "centroid":
         keys = [k for k, embs in groups.items() for _ in embs]
         refs = centroid_references(np.stack([e for embs in groups.values() for e in embs]),
                                    *(np.array([k[i] for k in keys]) for i in range(3)))
@@ -188,8 +197,8 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
             domains[(machine, section)] += [domain] * len(embs)  # few target clips: all kept
         refs = References({k: np.concatenate(v) for k, v in vectors.items()},
                           {k: np.array(v) for k, v in domains.items()})
-    refs.meta = {"data": source, "method": cfg.references, "bundle": cfg.bundle,
-                 "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
+    refs.meta = {"data": source, "method": "reconstruction" if info.method == "autoencoder" else cfg.references,
+                 "bundle": cfg.bundle, "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
     for key in refs.vectors:  # thresholds from the training clips' own scores
         machine, section = key
         train_scores = np.concatenate([refs.score(machine, section, np.stack(e))

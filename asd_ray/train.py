@@ -19,10 +19,13 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.nn.functional as F
+from typing import Literal
+
 from pydantic import Field
 
 from asd_ray import bundle, dataset, storage
 from asd_ray.augment import mixup
+from asd_ray.autoencoder import AEConfig, MelAutoEncoder
 from asd_ray.config import JobConfig
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
@@ -59,7 +62,10 @@ class TrainConfig(JobConfig):
     seed: int = 0
     validation: ValidationConfig | None = Field(None, description="score a small labelled budget every epoch "
                                                                  "(reported as official_score)")
+    method: Literal["scadacos", "autoencoder"] = Field(
+        "scadacos", description="scadacos: the dual-stream model; autoencoder: the DCASE baseline (comparator)")
     model: ModelConfig = ModelConfig()
+    autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
 
     @property
@@ -86,8 +92,8 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial model and, above all, the same fixed centres on every rank
-    model = DualStreamNet(cfg.model)
-    loss_fn = SubClusterAdaCos(cfg.model.emb_dim, len(labels), cfg.n_subclusters).to(device)
+    model, loss_fn = build_model(cfg, len(labels))
+    loss_fn = loss_fn.to(device) if loss_fn is not None else None
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -97,7 +103,8 @@ def train_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
         model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
+        if loss_fn is not None:
+            loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -111,30 +118,36 @@ def train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_fail(epoch, rank)
         model.train()
-        loss_fn.train()
         totals = torch.zeros(3, device=device)  # loss sum, correct, clips
         t0 = time.time()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
                                               local_shuffle_buffer_size=cfg.shuffle_buffer,
                                               dtypes={"audio": torch.float32, "label": torch.int64}):
-            x, y = mixup(batch["audio"], F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                emb = model(x)
-            loss = loss_fn(emb, y)
+            if loss_fn is None:  # the autoencoder: reconstruct normal clips, no labels
+                x = batch["audio"]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = model(x).mean()
+            else:
+                x, y = mixup(batch["audio"], F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    emb = model(x)
+                loss = loss_fn(emb, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             with torch.no_grad():
-                correct = (loss_fn.class_log_probs(emb).argmax(1) == y.argmax(1)).sum()
+                correct = ((loss_fn.class_log_probs(emb).argmax(1) == y.argmax(1)).sum() if loss_fn
+                           else torch.zeros((), device=device))
             totals += torch.stack([loss.detach() * len(x), correct.float(), torch.tensor(float(len(x)), device=device)])
         sched.step()
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, correct, clips = totals.tolist()
-        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "loss": loss_sum / max(clips, 1), "accuracy": correct / max(clips, 1),
+        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "loss": loss_sum / max(clips, 1),
+                   "accuracy": correct / max(clips, 1) if loss_fn else float("nan"),
                    "clips_per_s": clips / (time.time() - t0), "lr": sched.get_last_lr()[0],
-                   "scale": float(loss_fn.scale), "start_epoch": start_epoch}
+                   "scale": float(loss_fn.scale) if loss_fn else float("nan"), "start_epoch": start_epoch}
         if cfg.validation:
             metrics["official_score"] = validation_score(core, val, device) if val else float("nan")
         if rank == 0:
@@ -145,12 +158,20 @@ def train_loop(config: dict) -> None:
         save = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                state = {"model": core.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
+                state = {"model": core.state_dict(), "loss": loss_fn.state_dict() if loss_fn else {},
+                         "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "epoch": epoch}
                 torch.save(state, os.path.join(d, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)  # a barrier: every worker reports every epoch
+
+
+def build_model(cfg: TrainConfig, n_classes: int) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
+    """The model and its loss head; the autoencoder baseline has no loss head."""
+    if cfg.method == "autoencoder":
+        return MelAutoEncoder(cfg.autoencoder, cfg.sample_rate), None
+    return DualStreamNet(cfg.model), SubClusterAdaCos(cfg.model.emb_dim, n_classes, cfg.n_subclusters)
 
 
 def _maybe_fail(epoch: int, rank: int) -> None:
@@ -219,11 +240,13 @@ def train(cfg: TrainConfig) -> dict:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
-    model, loss_fn = DualStreamNet(cfg.model), SubClusterAdaCos(cfg.model.emb_dim, len(labels), cfg.n_subclusters)
+    model, loss_fn = build_model(cfg, len(labels))
     model.load_state_dict(state["model"])
-    loss_fn.load_state_dict(state["loss"])
+    if loss_fn is not None:
+        loss_fn.load_state_dict(state["loss"])
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
-    info = bundle.BundleInfo(model=cfg.model, labels=labels, n_subclusters=cfg.n_subclusters,
+    info = bundle.BundleInfo(method=cfg.method, model=cfg.model, autoencoder=cfg.autoencoder, labels=labels,
+                             n_subclusters=cfg.n_subclusters,
                              sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples,
                              training={"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1,
                                        "final": result.metrics,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards
-from asd_ray.score import centroid_references
+from asd_ray.score import References, centroid_references
 from asd_ray.storage import StorageOptions
 
 
@@ -60,8 +60,10 @@ def load_validation(cfg: ValidationConfig, train_data: str, machines: list[str] 
 
 @torch.no_grad()
 def _embed(model: torch.nn.Module, audio: np.ndarray, device: torch.device, batch: int = 32) -> np.ndarray:
-    out = [F.normalize(model(torch.as_tensor(audio[i:i + batch], device=device)).float(), dim=1).cpu().numpy()
-           for i in range(0, len(audio), batch)]
+    out = []
+    for i in range(0, len(audio), batch):
+        emb = model(torch.as_tensor(audio[i:i + batch], device=device)).float()
+        out.append((emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -71,8 +73,12 @@ def validation_score(model: torch.nn.Module, val: dict[str, dict[str, np.ndarray
     model.eval()
     try:
         r, t = val["refs"], val["test"]
-        refs = centroid_references(_embed(model, r["audio"], device), r["machine"], r["section"], r["domain"])
         emb = _embed(model, t["audio"], device)
+        if emb.shape[1] == 1:  # the autoencoder baseline: its reconstruction error is the score
+            refs = References({k: np.zeros((0, 1)) for k in set(zip(t["machine"], t["section"]))}, {},
+                              meta={"method": "reconstruction"})
+        else:
+            refs = centroid_references(_embed(model, r["audio"], device), r["machine"], r["section"], r["domain"])
     finally:
         model.train(was_training)
     rows = []

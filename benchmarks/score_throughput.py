@@ -5,8 +5,8 @@ single-process loop (pyarrow read, decode, forward) on the same device.
 
 Peak memory is the largest sum of proportional set sizes (PSS: shared pages such as the object
 store's are split between the processes that map them, not counted once per process) over this
-process and all its children (the local Ray: raylet, object store, workers), sampled every 0.5 s. The model is freshly initialised:
-throughput does not depend on training.
+process and all its children (the local Ray: raylet, object store, workers), sampled every 0.5 s.
+The model is freshly initialised: throughput does not depend on training.
 """
 
 import argparse

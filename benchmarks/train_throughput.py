@@ -5,8 +5,9 @@ same device, same model and batch size, in one run; prints clips/s of each and t
     python benchmarks/train_throughput.py --gpu --workers 1 --clips 4096 --batch 64
 
 On CPU each Ray Train worker runs torch with one thread per reserved CPU, so the plain loop is
-timed both with 1 thread and with all threads. The Ray figure is the last epoch's clips/s as measured inside the train loop (reading, decoding,
-host-to-device copies and the step, after worker start-up). Target on one GPU: ratio >= 0.9.
+timed both with 1 thread and with all threads. The Ray figure is the last epoch's clips/s as
+measured inside the train loop (reading, decoding, host-to-device copies and the step, after
+worker start-up). Target on one GPU: ratio >= 0.9.
 """
 
 import argparse

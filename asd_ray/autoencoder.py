@@ -1,0 +1,75 @@
+"""The DCASE autoencoder baseline, as a comparator trained and scored through the same jobs.
+
+As in the official DCASE 2020-2025 Task 2 baseline: log-mel spectrogram (128 bins), vectors of 5
+consecutive frames (640 values), a dense autoencoder 640-128-128-128-128-8-128-128-128-128-640
+with batch norm and ReLU, trained on normal clips to reconstruct them; the anomaly score of a
+clip is its mean squared reconstruction error. Features run in torch inside the model (GPU on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class AEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_mels: int = Field(128, ge=8)
+    frames: int = Field(5, ge=1, description="consecutive frames per input vector")
+    n_fft: int = Field(1024, ge=64)
+    hop_length: int = Field(512, ge=16)
+    hidden: int = Field(128, ge=8)
+    bottleneck: int = Field(8, ge=1)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale, ``(n_mels, n_fft // 2 + 1)``."""
+    def mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    edges = torch.linspace(mel(0.0), mel(sample_rate / 2), n_mels + 2)
+    hz = 700.0 * (10 ** (edges / 2595.0) - 1.0)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class MelAutoEncoder(nn.Module):
+    """Waveforms ``(batch, samples)`` -> mean squared reconstruction error per clip ``(batch,)``."""
+
+    def __init__(self, cfg: AEConfig | None = None, sample_rate: int = 16000):
+        super().__init__()
+        self.cfg = cfg = cfg or AEConfig()
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.register_buffer("mel", mel_filterbank(sample_rate, cfg.n_fft, cfg.n_mels), persistent=False)
+        dim = cfg.n_mels * cfg.frames
+
+        def dense(d_in: int, d_out: int) -> list[nn.Module]:
+            return [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+
+        h = cfg.hidden
+        self.encoder = nn.Sequential(*dense(dim, h), *dense(h, h), *dense(h, h), *dense(h, h),
+                                     *dense(h, cfg.bottleneck))
+        self.decoder = nn.Sequential(*dense(cfg.bottleneck, h), *dense(h, h), *dense(h, h), *dense(h, h),
+                                     nn.Linear(h, dim))
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(batch, vectors, n_mels * frames)``: log-mel frames stacked ``frames`` at a time."""
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = torch.stft(wave.float(), self.cfg.n_fft, self.cfg.hop_length, window=self.window,
+                              return_complex=True).abs() ** 2
+            logmel = 10.0 * torch.log10(self.mel @ spec + 1e-10)  # (batch, n_mels, time)
+        vectors = logmel.unfold(2, self.cfg.frames, 1)  # (batch, n_mels, time - frames + 1, frames)
+        return vectors.permute(0, 2, 3, 1).flatten(2)  # frame-major, as the baseline's vectors
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.features(wave)
+        flat = x.flatten(0, 1)
+        recon = self.decoder(self.encoder(flat)).float()
+        return ((recon - flat) ** 2).mean(dim=1).view(x.shape[0], -1).mean(dim=1)
