@@ -11,11 +11,9 @@ from asd_ray.config import ConfigError, dump_config, load_config
 def _synth(args: argparse.Namespace) -> int:
     from asd_ray.synth.generate import SynthConfig, synthesize
 
-    cfg = load_config(SynthConfig, args.config, args.overrides, out=args.out)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, SynthConfig, out=args.out)
+    if cfg is None:
         return 0
-    _ray()
     summary = synthesize(cfg)
     print(f"wrote {summary['clips']} clips in {summary['files']} files to {summary['out']} "
           f"in {summary['seconds']} s")
@@ -27,11 +25,9 @@ def _synth(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from asd_ray.ingest import IngestConfig, ingest
 
-    cfg = load_config(IngestConfig, args.config, args.overrides, src=args.src, dest=args.dest)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, IngestConfig, src=args.src, dest=args.dest)
+    if cfg is None:
         return 0
-    _ray()
     summary = ingest(cfg)
     print(f"ingested {summary['clips']} clips into {summary['shards']} shards at {summary['dest']}; "
           f"rejected {summary['rejected']} files (listed in {summary['rejects_file']})")
@@ -43,11 +39,9 @@ def _ingest(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from asd_ray.train import TrainConfig, summary_text, train
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, TrainConfig)
+    if cfg is None:
         return 0
-    _ray()
     print(summary_text(train(cfg)))
     return 0
 
@@ -55,11 +49,9 @@ def _train(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from asd_ray.score import ScoreConfig, run_score
 
-    cfg = load_config(ScoreConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, ScoreConfig)
+    if cfg is None:
         return 0
-    _ray()
     summary = run_score(cfg)
     print(f"scored {summary['scored']} clips ({', '.join(summary['groups'])}) into {summary['out']}")
     for clip, reason in summary["unscored"]:
@@ -70,9 +62,8 @@ def _score(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from asd_ray.evaluate import EvaluateConfig, run_evaluate
 
-    cfg = load_config(EvaluateConfig, args.config, args.overrides, scores=args.scores)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, EvaluateConfig, scores=args.scores, ray=False)
+    if cfg is None:
         return 0
     result = run_evaluate(cfg)
     print(result["markdown"])
@@ -83,11 +74,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from asd_ray.demo import DemoConfig, run_demo
 
-    cfg = load_config(DemoConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(cfg.resolved()))
+    cfg = _load(args, DemoConfig, show=lambda c: c.resolved())
+    if cfg is None:
         return 0
-    _ray()
     result = run_demo(cfg)
     ev = result["evaluation"]
     print()
@@ -100,11 +89,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from asd_ray.sweep import SweepConfig, run_sweep
 
-    cfg = load_config(SweepConfig, args.config, args.overrides)
-    if args.print_config:
-        print(dump_config(cfg))
+    cfg = _load(args, SweepConfig)
+    if cfg is None:
         return 0
-    _ray()
     result = run_sweep(cfg)
     print(result["markdown"])
     print(f"best {result['metric']} {result['best']:.4f} with {result['best_params']}")
@@ -113,10 +100,18 @@ def _tune(args: argparse.Namespace) -> int:
     return 1 if result["errors"] else 0
 
 
-def _ray() -> None:
-    from asd_ray.cluster import ensure_ray
+def _load(args: argparse.Namespace, model, show=None, ray: bool = True, **fields):
+    """The command's config; with --print-config it is printed and None returned. Otherwise Ray is
+    joined or started (for commands that use it)."""
+    cfg = load_config(model, args.config, args.overrides, **fields)
+    if args.print_config:
+        print(dump_config(show(cfg) if show else cfg))
+        return None
+    if ray:
+        from asd_ray.cluster import ensure_ray
 
-    ensure_ray()
+        ensure_ray()
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,10 +117,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     for m in sorted(per_machine):
         report += [f"## {m}", "", f"![ROC {m}](roc_{m}.png) ![scores {m}](hist_{m}.png)", ""]
     # report.md goes last and an old one is removed first: an evaluation folder with a report is complete
-    report_url = storage.join(cfg.out_url, "report.md")
-    if storage.exists(report_url, cfg.storage):
-        fs, path = storage.fsspec_fs(report_url, cfg.storage)
-        fs.rm_file(path)
+    storage.remove(storage.join(cfg.out_url, "report.md"), cfg.storage)
     files = {**images, "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
              "report.md": "\n".join(report).encode()}
     for name, data in files.items():

@@ -157,6 +157,13 @@ class References:
         return cls(vectors, domains, thresholds, json.loads(str(z["meta"])))
 
 
+def reconstruction_references(groups) -> References:
+    """For the autoencoder baseline: no vectors, the clip's reconstruction error is its score."""
+    keys = sorted(groups)
+    return References({k: np.zeros((0, 1), np.float32) for k in keys}, {k: np.array([], str) for k in keys},
+                      meta={"method": "reconstruction"})
+
+
 def centroid_references(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray,
                         domains: np.ndarray) -> References:
     """The report's references: the unit-norm mean embedding per (machine, section, domain)."""
@@ -179,9 +186,7 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     if not groups:
         raise ValueError(f"{source}: no normal training clips to fit references on")
     if info.method == "autoencoder":  # no references: the score is the reconstruction error itself
-        keys = sorted({(m, s) for m, s, _ in groups})
-        refs = References({k: np.zeros((0, 1), np.float32) for k in keys}, {k: np.array([], str) for k in keys},
-                          meta={"method": "reconstruction"})
+        refs = reconstruction_references({(m, s) for m, s, _ in groups})
     elif cfg.references == "centroid":
         keys = [k for k, embs in groups.items() for _ in embs]
         refs = centroid_references(np.stack([e for embs in groups.values() for e in embs]),
@@ -270,8 +275,7 @@ def run_score(cfg: ScoreConfig) -> dict:
 def write_outputs(cfg: ScoreConfig, refs: References, table: pa.Table, unscored: list[tuple[str, str]]) -> None:
     fs, root = storage.fsspec_fs(cfg.out, cfg.storage)
     manifest_url = storage.join(cfg.out, "manifest.json")
-    if storage.exists(manifest_url, cfg.storage):
-        fs.rm_file(storage.strip_protocol(manifest_url))  # from here until the end the folder is incomplete
+    storage.remove(manifest_url, cfg.storage)  # from here until the end the folder is incomplete
     files = submission_files(table)
     buf = io.BytesIO()
     pq.write_table(table, buf)

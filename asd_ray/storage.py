@@ -119,6 +119,13 @@ def read_bytes(url: str, options: StorageOptions | None = None) -> bytes:
     return fs.cat_file(path)
 
 
+def remove(url: str, options: StorageOptions | None = None) -> None:
+    """Delete one object or file if it is there."""
+    fs, path = fsspec_fs(url, options)
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
 def exists(url: str, options: StorageOptions | None = None) -> bool:
     fs, path = fsspec_fs(url, options)
     return fs.exists(path)

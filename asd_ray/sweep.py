@@ -98,14 +98,9 @@ class SweepConfig(JobConfig):
     storage: StorageOptions = StorageOptions()
 
     @model_validator(mode="after")
-    def _space_fields_exist(self) -> "SweepConfig":
-        base = self.train.model_dump(mode="json")
+    def _space_fits_training_config(self) -> "SweepConfig":
+        """Every searched value must make a valid training config (unknown fields are refused there)."""
         for key, dim in self.space.items():
-            node = base
-            for part in key.split("."):
-                if not isinstance(node, dict) or part not in node:
-                    raise ValueError(f"space.{key}: not a field of the training config")
-                node = node[part]
             for value in dim.values():
                 try:
                     _trial_config(self.train, {key: value})
@@ -218,7 +213,7 @@ def run_sweep(cfg: SweepConfig, callbacks: list | None = None) -> dict:
     storage.write_bytes_atomic(out["results_csv"], table.to_csv(index=False).encode(), cfg.storage)
     markdown = _markdown(table)
     storage.write_bytes_atomic(out["results_md"], markdown.encode(), cfg.storage)
-    storage.write_bytes_atomic(out["plot"], _plot(table, metric), cfg.storage)
+    storage.write_bytes_atomic(out["plot"], _plot(table, metric, mode), cfg.storage)
     storage.write_bytes_atomic(out["best_config"], _config_yaml(best_cfg).encode(), cfg.storage)
     best_value = table[metric].max() if mode == "max" else table[metric].min()
     return {**out, "markdown": markdown, "metric": metric, "mode": mode, "best": float(best_value), "trials": table,
@@ -244,14 +239,15 @@ def _results_table(grid, cfg: SweepConfig, metric: str, mode: str):
 
 
 def _markdown(table) -> str:
-    cols = list(table.columns)
-    fmt = [lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)] * len(cols)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f(v) for f, v in zip(fmt, row)) + " |" for row in table.itertuples(index=False)]
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def _plot(table, metric: str) -> bytes:
+def _plot(table, metric: str, mode: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +256,7 @@ def _plot(table, metric: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(1, len(table) + 1)
     ax.scatter(x, table[metric], c=["tab:orange" if s else "tab:blue" for s in table["stopped_early"]])
-    ax.plot(x, table[metric].cummax() if metric == "official_score" else table[metric].cummin(), color="grey")
+    ax.plot(x, table[metric].cummax() if mode == "max" else table[metric].cummin(), color="grey")
     ax.set_xlabel("trial (orange: stopped early by ASHA)")
     ax.set_ylabel(metric)
     ax.set_title("objective per trial, best so far")

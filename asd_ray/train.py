@@ -25,11 +25,10 @@ from pydantic import Field
 
 from asd_ray import bundle, dataset, storage
 from asd_ray.augment import mixup
-from asd_ray.autoencoder import AEConfig, MelAutoEncoder
+from asd_ray.autoencoder import AEConfig
 from asd_ray.config import JobConfig
 from asd_ray.labels import LabelMap
-from asd_ray.loss import SubClusterAdaCos
-from asd_ray.model import DualStreamNet, ModelConfig
+from asd_ray.model import ModelConfig
 from asd_ray.storage import StorageOptions
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
@@ -92,7 +91,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial model and, above all, the same fixed centres on every rank
-    model, loss_fn = build_model(cfg, len(labels))
+    model, loss_fn = bundle.build(bundle_info(cfg, labels))
     loss_fn = loss_fn.to(device) if loss_fn is not None else None
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -167,11 +166,10 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics)  # a barrier: every worker reports every epoch
 
 
-def build_model(cfg: TrainConfig, n_classes: int) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
-    """The model and its loss head; the autoencoder baseline has no loss head."""
-    if cfg.method == "autoencoder":
-        return MelAutoEncoder(cfg.autoencoder, cfg.sample_rate), None
-    return DualStreamNet(cfg.model), SubClusterAdaCos(cfg.model.emb_dim, n_classes, cfg.n_subclusters)
+def bundle_info(cfg: TrainConfig, labels: LabelMap, training: dict | None = None) -> bundle.BundleInfo:
+    return bundle.BundleInfo(method=cfg.method, model=cfg.model, autoencoder=cfg.autoencoder, labels=labels,
+                             n_subclusters=cfg.n_subclusters, sample_rate=cfg.sample_rate,
+                             clip_samples=cfg.clip_samples, training=training or {})
 
 
 def _maybe_fail(epoch: int, rank: int) -> None:
@@ -240,17 +238,14 @@ def train(cfg: TrainConfig) -> dict:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
-    model, loss_fn = build_model(cfg, len(labels))
+    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+    training = {"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1, "final": result.metrics,
+                "config": cfg.model_dump(mode="json", exclude={"storage"})}
+    info = bundle_info(cfg, labels, training)
+    model, loss_fn = bundle.build(info)
     model.load_state_dict(state["model"])
     if loss_fn is not None:
         loss_fn.load_state_dict(state["loss"])
-    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
-    info = bundle.BundleInfo(method=cfg.method, model=cfg.model, autoencoder=cfg.autoencoder, labels=labels,
-                             n_subclusters=cfg.n_subclusters,
-                             sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples,
-                             training={"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1,
-                                       "final": result.metrics,
-                                       "config": cfg.model_dump(mode="json", exclude={"storage"})})
     bundle.save_bundle(cfg.bundle_url, info, bundle.weights_bytes(model, loss_fn), cfg.storage)
     return {"bundle": cfg.bundle_url, "metrics": result.metrics, "history": history,
             "checkpoint": result.checkpoint.path, "classes": len(labels)}

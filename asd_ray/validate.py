@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards
-from asd_ray.score import References, centroid_references
+from asd_ray.score import centroid_references, reconstruction_references
 from asd_ray.storage import StorageOptions
 
 
@@ -75,8 +75,7 @@ def validation_score(model: torch.nn.Module, val: dict[str, dict[str, np.ndarray
         r, t = val["refs"], val["test"]
         emb = _embed(model, t["audio"], device)
         if emb.shape[1] == 1:  # the autoencoder baseline: its reconstruction error is the score
-            refs = References({k: np.zeros((0, 1)) for k in set(zip(t["machine"], t["section"]))}, {},
-                              meta={"method": "reconstruction"})
+            refs = reconstruction_references(set(zip(t["machine"], t["section"])))
         else:
             refs = centroid_references(_embed(model, r["audio"], device), r["machine"], r["section"], r["domain"])
     finally:
