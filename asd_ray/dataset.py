@@ -20,16 +20,17 @@ def attribute_key(pairs: list[tuple[str, str]] | None) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(pairs or []))
 
 
-def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start",
-                 sample_rate: int | None = None) -> dict[str, np.ndarray]:
-    """Clip rows -> numpy columns with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1].
+def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_rate: int | None = None,
+                 pcm16: bool = False) -> dict[str, np.ndarray]:
+    """Clip rows -> numpy columns with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1]
+    (or, with ``pcm16``, the stored int16 samples: half the bytes to move, scaled where they are used).
 
     Clips longer than ``num_samples`` are cropped (from the start or the centre), shorter ones
     zero-padded at the end. A clip whose bytes do not match its ``num_samples`` is an error that
     names the clip and its shard.
     """
     n = batch.num_rows
-    audio = np.zeros((n, num_samples), np.float32)
+    audio = np.zeros((n, num_samples), np.int16 if pcm16 else np.float32)
     lengths = batch.column("num_samples").to_numpy()
     rates = batch.column("sample_rate").to_numpy()
     for i, raw in enumerate(batch.column("audio").to_pylist()):
@@ -40,7 +41,7 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start",
         if sample_rate is not None and rates[i] != sample_rate:
             raise schema.SchemaError(f"{where}: clip {batch['clip_id'][i]} has sample rate {rates[i]} Hz, "
                                      f"expected {sample_rate} Hz (the model's)")
-        wave = schema.decode_pcm16(raw)
+        wave = np.frombuffer(raw, dtype="<i2") if pcm16 else schema.decode_pcm16(raw)
         start = max(0, (len(wave) - num_samples) // 2) if crop == "center" else 0
         wave = wave[start:start + num_samples]
         audio[i, :len(wave)] = wave
@@ -84,16 +85,17 @@ def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Fil
 
 def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
-               sample_rate: int | None = None, options: StorageOptions | None = None) -> ray.data.Dataset:
+               sample_rate: int | None = None, pcm16: bool = False,
+               options: StorageOptions | None = None) -> ray.data.Dataset:
     """A Ray Dataset of the clips under ``url`` that match the filters.
 
     ``split`` and ``machine`` prune whole partition folders; ``section`` and ``domain`` filter
     rows. Rows carry ``clip_id, machine, section, domain, split, label, attribute_key`` and
     ``audio`` (float32, ``num_samples`` long). With ``sample_rate``, a clip of another rate is an
-    error naming it.
+    error naming it. With ``pcm16``, ``audio`` stays int16 (scale by ``schema.PCM16_FULL_SCALE``).
     """
     ds = _read(url, split, machine, section, domain, options)
-    kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate}
+    kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16}
     return ds.map_batches(decode_batch, fn_kwargs=kwargs,
                           batch_format="pyarrow", batch_size=64)
 

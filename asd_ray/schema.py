@@ -97,8 +97,11 @@ def encode_pcm16(wave: np.ndarray) -> bytes:
     return (np.clip(wave, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
+PCM16_FULL_SCALE = 32767.0
+
+
 def decode_pcm16(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / PCM16_FULL_SCALE
 
 
 def clips_table(rows: list[dict]) -> pa.Table:

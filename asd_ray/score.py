@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -40,7 +41,7 @@ from pydantic import Field
 from scipy import stats
 from sklearn.cluster import KMeans
 
-from asd_ray import bundle, dataset, storage
+from asd_ray import bundle, dataset, schema, storage
 from asd_ray.config import JobConfig
 from asd_ray.storage import StorageOptions
 
@@ -62,7 +63,7 @@ class ScoreConfig(JobConfig):
     actors: int = Field(1, ge=1, description="embedding actors (one model each)")
     use_gpu: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)
-    buffer_mb: int = Field(1024, ge=64, description="Ray Data object-store budget of the embedding pipeline: "
+    buffer_mb: int = Field(256, ge=64, description="Ray Data object-store budget of the embedding pipeline: "
                                                     "memory stays bounded whatever the dataset size")
     references_to: str | None = Field(None, description="URL of the fitted references "
                                                         "(default: beside the model, <bundle>/references.npz)")
@@ -84,7 +85,8 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                    enabled=self.device.type == "cuda"):
-            emb = self.model(torch.as_tensor(batch["audio"], device=self.device)).float()
+            pcm = torch.as_tensor(batch["audio"], device=self.device)  # int16 until it is on the device
+            emb = self.model(pcm.float() / schema.PCM16_FULL_SCALE).float()
         out = {k: batch[k] for k in META}
         # the autoencoder baseline gives its reconstruction error, carried as a 1-d "embedding"
         out["embedding"] = (emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy()
@@ -102,7 +104,7 @@ def release_freed_memory() -> None:
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
-                            sample_rate=info.sample_rate, options=cfg.storage)
+                            sample_rate=info.sample_rate, pcm16=True, options=cfg.storage)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_url": cfg.bundle,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu},
@@ -111,12 +113,18 @@ def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ra
 
 
 def limit_buffering(cfg: ScoreConfig) -> None:
-    """Keep memory flat as the dataset grows. Without a budget, readers run ahead of slower
-    embedding actors and park audio in the object store (up to 30% of RAM by default); and worker
-    processes that read Parquet keep Arrow's memory after the task, so reads get workers of their own."""
+    """Keep memory flat as the dataset grows.
+
+    - An object-store budget: without one, readers run ahead of slower embedding actors and park
+      audio in the object store (up to 30% of RAM by default).
+    - Blocks of at most an eighth of it: Ray Data would otherwise make a block of each shard
+      (up to 128 MB), so memory would grow with the shard size.
+    - Reads in workers of their own: a worker that read Parquet keeps Arrow's memory after the task.
+    """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=cfg.buffer_mb * 2**20)
+    ctx.target_max_block_size = min(ctx.target_max_block_size, cfg.buffer_mb * 2**20 // 8)
     ctx.isolate_read_workers = True
 
 
@@ -214,8 +222,9 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
 
 
 def score_test(cfg: ScoreConfig, info: bundle.BundleInfo, refs: References) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Scores of every test clip, and the clips that could not be scored (with why)."""
-    rows: dict[str, list] = {k: [] for k in (*META, "score", "decision")}
+    """Scores of every test clip, and the clips that could not be scored (with why). Each batch's
+    rows become a small Arrow table at once: a few dozen bytes a clip stay in memory, no audio."""
+    parts: list[pa.Table] = []
     unscored: list[tuple[str, str]] = []
     for batch in embed(cfg, info, cfg.data, "test").iter_batches(batch_size=1024, batch_format="numpy"):
         for (machine, section), idx in _group_rows(batch).items():
@@ -224,17 +233,19 @@ def score_test(cfg: ScoreConfig, info: bundle.BundleInfo, refs: References) -> t
                              for i in idx]
                 continue
             scores = refs.score(machine, section, batch["embedding"][idx])
-            for k in META:
-                rows[k] += batch[k][idx].tolist()
-            rows["score"] += scores.tolist()
-            rows["decision"] += (scores > refs.thresholds[(machine, section)]).astype(int).tolist()
-    table = pa.table({**{k: pa.array(rows[k], pa.string()) for k in META},
-                      "score": pa.array(rows["score"], pa.float64()),
-                      "decision": pa.array(rows["decision"], pa.int8())})
-    ids = table["clip_id"].to_pylist()
-    if len(set(ids)) != len(ids):
+            parts.append(pa.table({**{k: pa.array(batch[k][idx], pa.string()) for k in META},
+                                   "score": pa.array(scores, pa.float64()),
+                                   "decision": pa.array(scores > refs.thresholds[(machine, section)], pa.int8())}))
+    table = pa.concat_tables(parts) if parts else _empty_scores()
+    ids = table["clip_id"]
+    if pc.count_distinct(ids).as_py() != len(ids):
         raise RuntimeError("a test clip was scored twice; refusing to write")  # never expected: a guard
     return table.sort_by("clip_id"), sorted(unscored)
+
+
+def _empty_scores() -> pa.Table:
+    return pa.table({**{k: pa.array([], pa.string()) for k in META}, "score": pa.array([], pa.float64()),
+                     "decision": pa.array([], pa.int8())})
 
 
 def _group_rows(batch: dict[str, np.ndarray]) -> dict[tuple[str, str], np.ndarray]:

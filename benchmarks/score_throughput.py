@@ -1,7 +1,7 @@
 """Batch scoring at 1x and 10x data: clips/s and peak memory, and clips/s of a plain
 single-process loop (pyarrow read, decode, forward) on the same device.
 
-    python benchmarks/score_throughput.py [--clips 240] [--seconds 10] [--gpu]
+    python benchmarks/score_throughput.py [--clips 960] [--seconds 10] [--gpu]
 
 Peak memory is the largest sum of proportional set sizes (PSS: shared pages such as the object
 store's are split between the processes that map them, not counted once per process) over this
@@ -30,19 +30,25 @@ from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 class PeakMemory(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.running = 0, True
+        self.peak, self.at_peak, self.running = 0, [], True
 
     def run(self):
         me = psutil.Process()
         while self.running:
-            total = 0
+            sizes = []
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_full_info().pss
+                    mem = p.memory_full_info()
+                    sizes.append((mem.pss, mem.uss, " ".join(p.cmdline())[:40] or p.name()))
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            if sum(s[0] for s in sizes) > self.peak:
+                self.peak, self.at_peak = sum(s[0] for s in sizes), sorted(sizes, reverse=True)
             time.sleep(0.5)
+
+    def largest(self, n: int = 4) -> str:
+        return "; ".join(f"{name.strip()} {pss / 2**30:.2f} ({uss / 2**30:.2f} private)"
+                         for pss, uss, name in self.at_peak[:n])
 
 
 def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
@@ -60,10 +66,12 @@ def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--clips", type=int, default=240, help="test clips at 1x")
+    p.add_argument("--clips", type=int, default=960,
+                   help="test clips at 1x: enough to fill the read and object-store buffers")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--buffer-mb", type=int, default=ScoreConfig.model_fields["buffer_mb"].default)
     args = p.parse_args()
     ray.init()
     root = tempfile.mkdtemp(prefix="asd-score-bench-")
@@ -72,7 +80,8 @@ def main() -> None:
                              sample_rate=16000, clip_samples=int(args.seconds * 16000))
     bundle.save_bundle(f"{root}/model", info, bundle.weights_bytes(model, loss))
     device = "cuda" if args.gpu else "cpu"
-    for scale in (1, 10):
+    runs = {}
+    for scale in (1, 10):  # both Ray runs first: the plain loop would grow this process's heap
         per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
         data = f"{root}/data-{scale}x"
         synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds,
@@ -82,16 +91,18 @@ def main() -> None:
         monitor.start()
         t0 = time.time()
         summary = run_score(ScoreConfig(bundle=f"{root}/model", data=data, out=f"{root}/out-{scale}x",
-                                        batch_size=args.batch, use_gpu=args.gpu))
+                                        batch_size=args.batch, use_gpu=args.gpu, buffer_mb=args.buffer_mb))
         wall = time.time() - t0
         monitor.running = False
         monitor.join()
-        total = summary["scored"] + 40  # test clips scored + train clips embedded for the references
+        runs[scale] = (data, summary["scored"], wall, monitor)
+    for scale, (data, scored, wall, monitor) in runs.items():
+        total = scored + 40  # test clips scored + train clips embedded for the references
         plain = plain_loop(data, f"{root}/model", device, args.batch)
-        print(f"{scale:>2}x: {summary['scored']} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
+        print(f"{scale:>2}x: {scored} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
               f"{total / wall:.1f} clips/s; peak memory (PSS) {monitor.peak / 2**30:.2f} GiB; "
               f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
-
+        print(f"    largest processes at the peak, PSS GiB: {monitor.largest()}")
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,10 @@ def test_decoded_audio_matches_stored_pcm(synth_s3):
     table = shards.read_shard(shards.list_shards(synth_s3, "test", "gearbox")[0])
     stored = dict(zip(table["clip_id"].to_pylist(), table["audio"].to_pylist()))[row["clip_id"]]
     np.testing.assert_array_equal(row["audio"], schema.decode_pcm16(stored))
+    # scoring moves the int16 samples and scales them on the device: the same waveform
+    pcm = read_clips(synth_s3, split="test", machine="gearbox", num_samples=32000, pcm16=True).take(1)[0]
+    assert pcm["clip_id"] == row["clip_id"] and pcm["audio"].dtype == np.int16
+    np.testing.assert_array_equal(pcm["audio"] / np.float32(schema.PCM16_FULL_SCALE), row["audio"])
 
 
 def test_schema_error_names_shard_and_column(ray_local, tmp_path, tiny_synth_config):
