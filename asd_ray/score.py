@@ -6,11 +6,15 @@ per-clip scores, so memory does not grow with the audio.
 
 References, per (machine, section, domain), from the normal training clips:
 ``centroid`` (the report's method): the mean embedding; ``kmeans`` (Wilkinghoff's way): k-means
-sub-centroids of the source domain plus every target-domain training embedding.
+sub-centroids of the source domain plus every target-domain training embedding; ``knn``: every
+training embedding, each domain's distances divided by that domain's median leave-one-out
+nearest-neighbour distance (so that the dense, many-clip source domain and the few target clips
+are on one scale when the minimum over both is taken).
 They are saved beside the model (``<bundle>/references.npz``, numpy arrays only).
-Score = minimum cosine distance (1 - cosine similarity) to the references of the clip's machine
-and section, both domains. Decision threshold: a gamma distribution fitted to the training clips'
-scores per machine and section, at ``decision_percentile`` (as the DCASE baseline does).
+Score = minimum cosine distance (1 - cosine similarity; for ``knn``, domain-normalised) to the
+references of the clip's machine and section, both domains. Decision threshold: a gamma
+distribution fitted to the training clips' scores per machine and section, at
+``decision_percentile`` (as the DCASE baseline does).
 
 Outputs under ``out``: ``scores.parquet`` (clip_id, machine, section, domain, label, score,
 decision), the DCASE submission files ``anomaly_score_<machine>_section_<XX>_test.csv`` and
@@ -56,7 +60,7 @@ class ScoreConfig(JobConfig):
                                                    "(default: data)")
     out: str = Field("runs/score", description="URL of the output folder")
     machines: list[str] | None = None
-    references: Literal["centroid", "kmeans"] = "centroid"
+    references: Literal["centroid", "kmeans", "knn"] = "centroid"
     kmeans_clusters: int = Field(16, ge=1)
     decision_percentile: float = Field(90.0, gt=0, lt=100)
     batch_size: int = Field(64, ge=1)
@@ -129,19 +133,27 @@ def limit_buffering(cfg: ScoreConfig) -> None:
 
 
 class References:
-    """Reference vectors per (machine, section), each tagged with its domain."""
+    """Reference vectors per (machine, section), each tagged with its domain and a distance scale
+    (1 except for ``knn``)."""
 
     def __init__(self, vectors: dict[tuple[str, str], np.ndarray], domains: dict[tuple[str, str], np.ndarray],
-                 thresholds: dict[tuple[str, str], float] | None = None, meta: dict | None = None):
+                 thresholds: dict[tuple[str, str], float] | None = None, meta: dict | None = None,
+                 scales: dict[tuple[str, str], np.ndarray] | None = None):
         self.vectors, self.domains = vectors, domains
+        self.scales = scales or {k: np.ones(len(v)) for k, v in vectors.items()}
         self.thresholds, self.meta = thresholds or {}, meta or {}
 
+    def distances(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
+        """Scaled cosine distances ``(clips, references)`` of unit-norm ``emb`` rows."""
+        key = (machine, section)
+        return (1.0 - emb @ self.vectors[key].T) / self.scales[key]
+
     def score(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
-        """Minimum cosine distance of unit-norm ``emb`` rows to the group's references (for the
-        autoencoder baseline, whose references are empty, its reconstruction error)."""
+        """Minimum scaled cosine distance of unit-norm ``emb`` rows to the group's references (for
+        the autoencoder baseline, whose references are empty, its reconstruction error)."""
         if self.meta.get("method") == "reconstruction":
             return emb[:, 0].astype(np.float64)
-        return 1.0 - (emb @ self.vectors[(machine, section)].T).max(axis=1)
+        return self.distances(machine, section, emb).min(axis=1)
 
     def to_bytes(self) -> bytes:
         keys = sorted(self.vectors)
@@ -150,6 +162,7 @@ class References:
                  sizes=np.array([len(self.vectors[k]) for k in keys]),
                  vectors=np.concatenate([self.vectors[k] for k in keys]).astype(np.float32),
                  domains=np.concatenate([self.domains[k] for k in keys]).astype(str),
+                 scales=np.concatenate([self.scales[k] for k in keys]).astype(np.float64),
                  thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
                  meta=np.array(json.dumps(self.meta)))
         return buf.getvalue()
@@ -161,8 +174,9 @@ class References:
         bounds = np.cumsum([0, *z["sizes"]])
         vectors = {k: z["vectors"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
         domains = {k: z["domains"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
+        scales = {k: z["scales"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
         thresholds = {k: float(t) for k, t in zip(keys, z["thresholds"])}
-        return cls(vectors, domains, thresholds, json.loads(str(z["meta"])))
+        return cls(vectors, domains, thresholds, json.loads(str(z["meta"])), scales)
 
 
 def reconstruction_references(groups) -> References:
@@ -184,6 +198,24 @@ def centroid_references(emb: np.ndarray, machines: np.ndarray, sections: np.ndar
     return References({k: np.stack(v) for k, v in vectors.items()}, {k: np.array(v) for k, v in doms.items()})
 
 
+def knn_references(groups: dict[tuple[str, str, str], list[np.ndarray]]) -> References:
+    """Every training embedding is a reference; a domain's distances are divided by its median
+    leave-one-out nearest-neighbour distance among its own training clips."""
+    vectors, domains, scales = defaultdict(list), defaultdict(list), defaultdict(list)
+    for (machine, section, domain), embs in sorted(groups.items()):
+        if len(embs) < 2:
+            raise ValueError(f"references=knn needs at least 2 normal training clips per machine, section and "
+                             f"domain; {machine} section {section} {domain} has {len(embs)}")
+        embs = np.stack(embs)
+        dist = 1.0 - embs @ embs.T
+        np.fill_diagonal(dist, np.inf)
+        vectors[(machine, section)].append(embs)
+        domains[(machine, section)] += [domain] * len(embs)
+        scales[(machine, section)] += [max(float(np.median(dist.min(axis=1))), 1e-6)] * len(embs)
+    return References({k: np.concatenate(v) for k, v in vectors.items()}, {k: np.array(v) for k, v in domains.items()},
+                      scales={k: np.array(v) for k, v in scales.items()})
+
+
 def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     """Embed the normal training clips and build references and decision thresholds."""
     source = cfg.fit_data or cfg.data
@@ -199,7 +231,7 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
         keys = [k for k, embs in groups.items() for _ in embs]
         refs = centroid_references(np.stack([e for embs in groups.values() for e in embs]),
                                    *(np.array([k[i] for k in keys]) for i in range(3)))
-    else:
+    elif cfg.references == "kmeans":
         vectors, domains = defaultdict(list), defaultdict(list)
         for (machine, section, domain), embs in sorted(groups.items()):
             embs = np.stack(embs)
@@ -210,12 +242,19 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
             domains[(machine, section)] += [domain] * len(embs)  # few target clips: all kept
         refs = References({k: np.concatenate(v) for k, v in vectors.items()},
                           {k: np.array(v) for k, v in domains.items()})
+    else:
+        refs = knn_references(groups)
     refs.meta = {"data": source, "method": "reconstruction" if info.method == "autoencoder" else cfg.references,
                  "bundle": cfg.bundle, "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
     for key in refs.vectors:  # thresholds from the training clips' own scores
         machine, section = key
-        train_scores = np.concatenate([refs.score(machine, section, np.stack(e))
-                                       for (m, s, _), e in groups.items() if (m, s) == key])
+        if refs.meta["method"] == "knn":  # each training clip is a reference: leave it out
+            dist = refs.distances(machine, section, refs.vectors[key])
+            np.fill_diagonal(dist, np.inf)
+            train_scores = dist.min(axis=1)
+        else:
+            train_scores = np.concatenate([refs.score(machine, section, np.stack(e))
+                                           for (m, s, _), e in groups.items() if (m, s) == key])
         shape, loc, scale = stats.gamma.fit(np.maximum(train_scores, 1e-9))
         refs.thresholds[key] = float(stats.gamma.ppf(cfg.decision_percentile / 100, shape, loc=loc, scale=scale))
     return refs

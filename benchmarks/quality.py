@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--ae-epochs", type=int, default=50, help="autoencoder epochs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--references", default="kmeans", choices=["kmeans", "centroid"],
+    p.add_argument("--references", default="kmeans", choices=["kmeans", "knn", "centroid"],
                    help="references of the dual-stream system")
     p.add_argument("--gpu", action="store_true")
     args = p.parse_args()

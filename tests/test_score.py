@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import cli, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import References, ScoreConfig, read_scores, run_score
+from asd_ray.score import References, ScoreConfig, knn_references, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
 
@@ -84,6 +84,37 @@ def test_kmeans_references(trained):
         assert sorted(refs.domains[key].tolist()).count("source") == 3
         assert sorted(refs.domains[key].tolist()).count("target") == 4  # every target training clip kept
     assert read_scores(cfg.out).num_rows == 48
+
+
+def _angles(*radians):
+    return [np.array([np.cos(a), np.sin(a), 0.0]) for a in radians]
+
+
+def test_knn_references_put_both_domains_on_one_scale():
+    # a dense source domain (neighbours 0.1 rad apart) and a sparse target one (0.5 rad apart)
+    refs = knn_references({("fan", "00", "source"): _angles(0.0, 0.1, 0.2),
+                           ("fan", "00", "target"): _angles(1.0, 1.5)})
+    refs = References.from_bytes(refs.to_bytes())  # the scales survive the round trip
+    np.testing.assert_allclose(refs.scales[("fan", "00")], [1 - np.cos(0.1)] * 3 + [1 - np.cos(0.5)] * 2)
+    query = np.stack(_angles(1.25, 0.15))
+    expected = [(1 - np.cos(0.25)) / (1 - np.cos(0.5)),  # halfway between the target clips: 0.25 of their spacing
+                (1 - np.cos(0.05)) / (1 - np.cos(0.1))]
+    np.testing.assert_allclose(refs.score("fan", "00", query), expected, rtol=1e-4)  # vectors stored as float32
+    with pytest.raises(ValueError, match="fan section 00 target has 1"):
+        knn_references({("fan", "00", "source"): _angles(0.0, 0.1), ("fan", "00", "target"): _angles(1.0)})
+
+
+def test_knn_references_end_to_end(trained):
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-knn", references="knn",
+                      references_to=f"{B}/out-knn/refs.npz")
+    run_score(cfg)
+    refs = References.from_bytes(storage.read_bytes(cfg.references_url))
+    for key in refs.vectors:
+        assert refs.domains[key].tolist() == ["source"] * 24 + ["target"] * 4  # every training clip
+        assert len(set(refs.scales[key][:24])) == 1 and len(set(refs.scales[key][24:])) == 1
+        assert 0 < refs.thresholds[key] < np.inf
+    scores = read_scores(cfg.out)
+    assert scores.num_rows == 48 and (scores["score"].to_numpy() > 0).all()
 
 
 def test_clips_without_references_are_reported_not_scored(trained, capsys):
