@@ -132,28 +132,37 @@ def limit_buffering(cfg: ScoreConfig) -> None:
     ctx.isolate_read_workers = True
 
 
+Groups = dict[tuple[str, str, str], list[np.ndarray]]  # (machine, section, domain) -> unit-norm embeddings
+
+
 class References:
     """Reference vectors per (machine, section), each tagged with its domain and a distance scale
-    (1 except for ``knn``)."""
+    (1 except for ``knn``). ``origins`` (fit time only, not saved) gives, for a reference that is
+    itself a training clip, that clip's index among the group's training clips (source first), else -1."""
 
     def __init__(self, vectors: dict[tuple[str, str], np.ndarray], domains: dict[tuple[str, str], np.ndarray],
                  thresholds: dict[tuple[str, str], float] | None = None, meta: dict | None = None,
-                 scales: dict[tuple[str, str], np.ndarray] | None = None):
+                 scales: dict[tuple[str, str], np.ndarray] | None = None,
+                 origins: dict[tuple[str, str], np.ndarray] | None = None):
         self.vectors, self.domains = vectors, domains
         self.scales = scales or {k: np.ones(len(v)) for k, v in vectors.items()}
+        self.origins = origins or {k: np.full(len(v), -1) for k, v in vectors.items()}
         self.thresholds, self.meta = thresholds or {}, meta or {}
-
-    def distances(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
-        """Scaled cosine distances ``(clips, references)`` of unit-norm ``emb`` rows."""
-        key = (machine, section)
-        return (1.0 - emb @ self.vectors[key].T) / self.scales[key]
 
     def score(self, machine: str, section: str, emb: np.ndarray) -> np.ndarray:
         """Minimum scaled cosine distance of unit-norm ``emb`` rows to the group's references (for
         the autoencoder baseline, whose references are empty, its reconstruction error)."""
         if self.meta.get("method") == "reconstruction":
             return emb[:, 0].astype(np.float64)
-        return self.distances(machine, section, emb).min(axis=1)
+        return nearest(emb, self.vectors[(machine, section)], self.scales[(machine, section)])
+
+    def training_scores(self, key: tuple[str, str], clips: np.ndarray) -> np.ndarray:
+        """Scores of the group's own training clips (in ``origins`` order), each with itself left
+        out where it is a reference: otherwise such a clip would score 0."""
+        exclude = np.full(len(clips), -1)
+        own = np.flatnonzero(self.origins[key] >= 0)
+        exclude[self.origins[key][own]] = own
+        return nearest(clips, self.vectors[key], self.scales[key], exclude)
 
     def to_bytes(self) -> bytes:
         keys = sorted(self.vectors)
@@ -179,6 +188,46 @@ class References:
         return cls(vectors, domains, thresholds, json.loads(str(z["meta"])), scales)
 
 
+def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
+            chunk: int = 1024) -> np.ndarray:
+    """Per query row, the minimum of ``(1 - query . vector) / scale`` over the reference vectors,
+    leaving out reference ``exclude[i]`` for query ``i`` (-1: none). Chunked over the queries, so
+    memory is ``chunk x references`` however many clips there are."""
+    out = np.empty(len(queries))
+    for a in range(0, len(queries), chunk):
+        dist = (1.0 - queries[a:a + chunk] @ vectors.T) / scales
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[a:a + chunk] >= 0)
+            dist[rows, exclude[a:a + chunk][rows]] = np.inf
+        out[a:a + chunk] = dist.min(axis=1)
+    return out
+
+
+def group_embeddings(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> Groups:
+    groups: Groups = defaultdict(list)
+    for e, key in zip(emb, zip(machines, sections, domains)):
+        groups[key].append(e)
+    return dict(groups)
+
+
+def _by_section(groups: Groups):
+    """``(machine, section), domain, embeddings (array), index of its first clip among the
+    section's training clips`` for every group, sources before targets."""
+    offsets: dict[tuple[str, str], int] = defaultdict(int)
+    for (machine, section, domain), embs in sorted(groups.items()):
+        key = (machine, section)
+        yield key, domain, np.stack(embs), offsets[key]
+        offsets[key] += len(embs)
+
+
+def _references(parts: dict[tuple[str, str], list[tuple]]) -> References:
+    """References from ``(domain, vectors, scales, origins)`` parts per section."""
+    def cat(i):
+        return {k: np.concatenate([p[i] for p in ps]) for k, ps in parts.items()}
+    domains = {k: np.concatenate([[p[0]] * len(p[1]) for p in ps]) for k, ps in parts.items()}
+    return References(cat(1), domains, scales=cat(2), origins=cat(3))
+
+
 def reconstruction_references(groups) -> References:
     """For the autoencoder baseline: no vectors, the clip's reconstruction error is its score."""
     keys = sorted(groups)
@@ -186,40 +235,46 @@ def reconstruction_references(groups) -> References:
                       meta={"method": "reconstruction"})
 
 
-def centroid_references(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray,
-                        domains: np.ndarray) -> References:
+def centroid_references(groups: Groups) -> References:
     """The report's references: the unit-norm mean embedding per (machine, section, domain)."""
-    vectors, doms = defaultdict(list), defaultdict(list)
-    for key in sorted(set(zip(machines, sections, domains))):
-        keep = (machines == key[0]) & (sections == key[1]) & (domains == key[2])
-        centre = emb[keep].mean(axis=0)
-        vectors[key[:2]].append(centre / np.linalg.norm(centre))
-        doms[key[:2]].append(key[2])
-    return References({k: np.stack(v) for k, v in vectors.items()}, {k: np.array(v) for k, v in doms.items()})
+    parts = defaultdict(list)
+    for key, domain, embs, _ in _by_section(groups):
+        centre = embs.mean(axis=0)
+        parts[key].append((domain, (centre / np.linalg.norm(centre))[None], np.ones(1), np.full(1, -1)))
+    return _references(parts)
 
 
-def knn_references(groups: dict[tuple[str, str, str], list[np.ndarray]]) -> References:
+def kmeans_references(groups: Groups, clusters: int) -> References:
+    """Wilkinghoff's references: k-means sub-centroids of the source domain, every target clip."""
+    parts = defaultdict(list)
+    for key, domain, embs, first in _by_section(groups):
+        if domain == "source":
+            centres = KMeans(n_clusters=min(clusters, len(embs)), n_init=10, random_state=0).fit(embs).cluster_centers_
+            vectors, origins = centres / np.linalg.norm(centres, axis=1, keepdims=True), np.full(len(centres), -1)
+        else:  # few target clips: all kept
+            vectors, origins = embs, first + np.arange(len(embs))
+        parts[key].append((domain, vectors, np.ones(len(vectors)), origins))
+    return _references(parts)
+
+
+def knn_references(groups: Groups) -> References:
     """Every training embedding is a reference; a domain's distances are divided by its median
     leave-one-out nearest-neighbour distance among its own training clips."""
-    vectors, domains, scales = defaultdict(list), defaultdict(list), defaultdict(list)
-    for (machine, section, domain), embs in sorted(groups.items()):
+    parts = defaultdict(list)
+    for key, domain, embs, first in _by_section(groups):
         if len(embs) < 2:
             raise ValueError(f"references=knn needs at least 2 normal training clips per machine, section and "
-                             f"domain; {machine} section {section} {domain} has {len(embs)}")
-        embs = np.stack(embs)
-        dist = 1.0 - embs @ embs.T
-        np.fill_diagonal(dist, np.inf)
-        vectors[(machine, section)].append(embs)
-        domains[(machine, section)] += [domain] * len(embs)
-        scales[(machine, section)] += [max(float(np.median(dist.min(axis=1))), 1e-6)] * len(embs)
-    return References({k: np.concatenate(v) for k, v in vectors.items()}, {k: np.array(v) for k, v in domains.items()},
-                      scales={k: np.array(v) for k, v in scales.items()})
+                             f"domain; {key[0]} section {key[1]} {domain} has {len(embs)}")
+        own = np.arange(len(embs))
+        scale = max(float(np.median(nearest(embs, embs, np.ones(len(embs)), exclude=own))), 1e-6)
+        parts[key].append((domain, embs, np.full(len(embs), scale), first + own))
+    return _references(parts)
 
 
 def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     """Embed the normal training clips and build references and decision thresholds."""
     source = cfg.fit_data or cfg.data
-    groups: dict[tuple[str, str, str], list[np.ndarray]] = defaultdict(list)
+    groups: Groups = defaultdict(list)
     for batch in embed(cfg, info, source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
         for i in np.flatnonzero(batch["label"] == "normal"):
             groups[(batch["machine"][i], batch["section"][i], batch["domain"][i])].append(batch["embedding"][i])
@@ -228,34 +283,22 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     if info.method == "autoencoder":  # no references: the score is the reconstruction error itself
         refs = reconstruction_references({(m, s) for m, s, _ in groups})
     elif cfg.references == "centroid":
-        keys = [k for k, embs in groups.items() for _ in embs]
-        refs = centroid_references(np.stack([e for embs in groups.values() for e in embs]),
-                                   *(np.array([k[i] for k in keys]) for i in range(3)))
+        refs = centroid_references(groups)
     elif cfg.references == "kmeans":
-        vectors, domains = defaultdict(list), defaultdict(list)
-        for (machine, section, domain), embs in sorted(groups.items()):
-            embs = np.stack(embs)
-            if domain == "source":
-                k = min(cfg.kmeans_clusters, len(embs))
-                embs = KMeans(n_clusters=k, n_init=10, random_state=0).fit(embs).cluster_centers_
-            vectors[(machine, section)].append(embs / np.linalg.norm(embs, axis=1, keepdims=True))
-            domains[(machine, section)] += [domain] * len(embs)  # few target clips: all kept
-        refs = References({k: np.concatenate(v) for k, v in vectors.items()},
-                          {k: np.array(v) for k, v in domains.items()})
+        refs = kmeans_references(groups, cfg.kmeans_clusters)
     else:
         refs = knn_references(groups)
     refs.meta = {"data": source, "method": "reconstruction" if info.method == "autoencoder" else cfg.references,
                  "bundle": cfg.bundle, "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
     for key in refs.vectors:  # thresholds from the training clips' own scores
-        machine, section = key
-        if refs.meta["method"] == "knn":  # each training clip is a reference: leave it out
-            dist = refs.distances(machine, section, refs.vectors[key])
-            np.fill_diagonal(dist, np.inf)
-            train_scores = dist.min(axis=1)
-        else:
-            train_scores = np.concatenate([refs.score(machine, section, np.stack(e))
-                                           for (m, s, _), e in groups.items() if (m, s) == key])
-        shape, loc, scale = stats.gamma.fit(np.maximum(train_scores, 1e-9))
+        clips = np.stack([e for (m, s, _), embs in sorted(groups.items()) if (m, s) == key for e in embs])
+        scores = (refs.score(*key, clips) if refs.meta["method"] == "reconstruction"
+                  else refs.training_scores(key, clips))
+        scores = scores[np.isfinite(scores)]
+        if len(scores) < 2:
+            raise ValueError(f"{key[0]} section {key[1]}: a decision threshold needs at least 2 normal training "
+                             f"clips that are not the only reference of their own; found {len(scores)}")
+        shape, loc, scale = stats.gamma.fit(np.maximum(scores, 1e-9))
         refs.thresholds[key] = float(stats.gamma.ppf(cfg.decision_percentile / 100, shape, loc=loc, scale=scale))
     return refs
 

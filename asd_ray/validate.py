@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards
-from asd_ray.score import centroid_references, reconstruction_references
+from asd_ray.score import centroid_references, group_embeddings, reconstruction_references
 from asd_ray.storage import StorageOptions
 
 
@@ -77,7 +77,8 @@ def validation_score(model: torch.nn.Module, val: dict[str, dict[str, np.ndarray
         if emb.shape[1] == 1:  # the autoencoder baseline: its reconstruction error is the score
             refs = reconstruction_references(set(zip(t["machine"], t["section"])))
         else:
-            refs = centroid_references(_embed(model, r["audio"], device), r["machine"], r["section"], r["domain"])
+            refs = centroid_references(group_embeddings(_embed(model, r["audio"], device), r["machine"], r["section"],
+                                                         r["domain"]))
     finally:
         model.train(was_training)
     rows = []

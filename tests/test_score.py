@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import cli, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import References, ScoreConfig, knn_references, read_scores, run_score
+from asd_ray.score import References, ScoreConfig, kmeans_references, knn_references, nearest, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
 
@@ -102,6 +102,21 @@ def test_knn_references_put_both_domains_on_one_scale():
     np.testing.assert_allclose(refs.score("fan", "00", query), expected, rtol=1e-4)  # vectors stored as float32
     with pytest.raises(ValueError, match="fan section 00 target has 1"):
         knn_references({("fan", "00", "source"): _angles(0.0, 0.1), ("fan", "00", "target"): _angles(1.0)})
+
+
+def test_training_scores_leave_each_clip_out():
+    groups = {("fan", "00", "source"): _angles(0.0, 0.1, 0.2), ("fan", "00", "target"): _angles(1.0, 1.5)}
+    refs = kmeans_references(groups, 1)  # the source centroid (at 0.1 rad) and both target clips
+    np.testing.assert_allclose(refs.origins[("fan", "00")], [-1, 3, 4])
+    clips = np.stack([e for k in sorted(groups) for e in groups[k]])
+    expected = [1 - np.cos(0.1), 0.0, 1 - np.cos(0.1),  # the centroid is no clip: nothing left out
+                1 - np.cos(0.5), 1 - np.cos(0.5)]       # a target clip's nearest other reference
+    np.testing.assert_allclose(refs.training_scores(("fan", "00"), clips), expected, atol=1e-9)
+    # chunking changes nothing
+    vectors = np.random.default_rng(0).normal(size=(7, 3))
+    exclude = np.array([1, -1, 0, 2, -1, -1, 6])
+    np.testing.assert_allclose(nearest(vectors, vectors, np.ones(7), exclude, chunk=2),
+                                  nearest(vectors, vectors, np.ones(7), exclude))
 
 
 def test_knn_references_end_to_end(trained):
