@@ -1,5 +1,5 @@
-"""Training-time augmentation: mixup of waveforms and labels, SpecAugment masks. Both in torch,
-on whatever device the batch is on."""
+"""Training-time augmentation: mixup of waveforms and labels, SpecAugment masks, feature exchange
+between the two branches. All in torch, on whatever device the batch is on."""
 
 from __future__ import annotations
 
@@ -35,3 +35,20 @@ def spec_augment(spec: torch.Tensor, freq_masks: int, freq_width: int, time_mask
         keep &= ~(hit[:, :, None] if axis == 1 else hit[:, None, :])
     fill = spec.mean(dim=(1, 2), keepdim=True)
     return torch.where(keep, spec, fill)
+
+
+def feature_exchange(emb: torch.Tensor, y: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FeatEx (Wilkinghoff, "Self-supervised learning for anomalous sound detection", ICASSP 2024).
+
+    For a random ``prob`` share of the clips the second half of the embedding (the spectrogram
+    branch) is swapped for that of the clip's mirror partner in the batch. Such a pair belongs to
+    neither clip's class: the labels grow to 3C classes, ``[y, 0, 0]`` for a clip as it is and
+    ``[0, y/2, y_partner/2]`` for a swapped one. Telling the two apart makes each branch carry
+    class information of its own, and its consistency with the other branch.
+    """
+    half = emb.shape[1] // 2
+    swap = (torch.rand(emb.shape[0], device=emb.device) < prob)[:, None]
+    out = torch.cat([emb[:, :half], torch.where(swap, emb.flip(0)[:, half:], emb[:, half:])], dim=1)
+    zeros = torch.zeros_like(y)
+    labels = torch.where(swap, torch.cat([zeros, y / 2, y.flip(0) / 2], 1), torch.cat([y, zeros, zeros], 1))
+    return out, labels

@@ -23,7 +23,9 @@ from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
 from asd_ray.storage import StorageOptions
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+# what version-1 bundles, written before these model options existed, were trained with
+V1_MODEL = {"fft_magnitude": "log", "level_norm": False, "spec_mean_norm": False}
 
 
 class BundleInfo(BaseModel):
@@ -76,7 +78,10 @@ def load_bundle(url: str, options: StorageOptions | None = None,
     if not storage.exists(meta_url, options):
         raise BundleError(f"{url}: no bundle.json - not a model bundle, or an incomplete one")
     try:
-        info = BundleInfo.model_validate(json.loads(storage.read_bytes(meta_url, options)))
+        raw = json.loads(storage.read_bytes(meta_url, options))
+        if isinstance(raw, dict) and raw.get("version") == 1 and isinstance(raw.get("model"), dict):
+            raw = {**raw, "version": BUNDLE_VERSION, "model": {**V1_MODEL, **raw["model"]}}
+        info = BundleInfo.model_validate(raw)
     except (ValueError, TypeError) as e:
         raise BundleError(f"{meta_url}: invalid bundle description: {e}") from None
     if info.version != BUNDLE_VERSION:

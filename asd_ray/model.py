@@ -1,17 +1,21 @@
 """The dual-stream CNN of the tech report, in plain PyTorch.
 
 Input: raw waveforms ``(batch, samples)``. Features are computed inside the model with torch.fft /
-torch.stft, so on a GPU they run on the GPU. Two branches, each to half of the embedding:
+torch.stft, so on a GPU they run on the GPU. Each clip is first scaled to unit RMS
+(``level_norm``). Two branches, each to half of the embedding:
 
-- FFT branch: log magnitude of the real FFT of the whole clip -> strided 1-D convolutions ->
-  adaptive pooling to a fixed number of frequency bins -> dense layers.
-- Spectrogram branch: log magnitude STFT, normalised per frequency -> (SpecAugment in training) ->
-  ResNet-style 2-D CNN (residual blocks, batch norm) -> max over time -> dense.
+- FFT branch: log (and/or linear, ``fft_magnitude``) magnitude of the real FFT of the whole clip ->
+  strided 1-D convolutions -> adaptive pooling to a fixed number of frequency bins -> dense layers.
+- Spectrogram branch: log magnitude STFT, minus each frequency's mean over the clip
+  (``spec_mean_norm``), normalised per frequency -> (SpecAugment in training) -> ResNet-style
+  2-D CNN (residual blocks, batch norm) -> max over time -> dense.
 
 The two halves are concatenated into the embedding (256-d by default). Any clip length works.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,14 @@ class ModelConfig(BaseModel):
     freq_width: int = Field(32, ge=0, description="SpecAugment max frequency-mask width (bins)")
     time_masks: int = Field(2, ge=0, description="SpecAugment time masks per clip")
     time_width: int = Field(20, ge=0, description="SpecAugment max time-mask width (frames)")
+    fft_magnitude: Literal["log", "linear", "both"] = Field(
+        "both", description="FFT branch input: log |FFT|; |FFT| itself, where the strongest tones dominate; "
+                           "or both as two channels")
+    level_norm: bool = Field(True, description="scale every clip to unit RMS first: loudness follows microphone "
+                                                "placement and gain, not the machine's condition")
+    spec_mean_norm: bool = Field(True, description="subtract each clip's mean over time per frequency from its log "
+                                                    "spectrogram: the spectrogram branch then sees how the sound "
+                                                    "changes, the FFT branch what it is made of")
 
 
 def log_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +63,10 @@ class FFTBranch(nn.Module):
 
     def __init__(self, cfg: ModelConfig, out_dim: int):
         super().__init__()
-        self.norm = nn.BatchNorm1d(1)
-        layers, c_in = [], 1
+        self.magnitude = cfg.fft_magnitude
+        c_in = 2 if self.magnitude == "both" else 1
+        self.norm = nn.BatchNorm1d(c_in)
+        layers = []
         for c_out, (k, s) in zip(cfg.fft_channels, [(256, 64), (64, 8), (16, 2)] + [(3, 1)] * 8):
             layers += [nn.Conv1d(c_in, c_out, k, stride=s, padding=k // 2), nn.BatchNorm1d(c_out),
                        nn.ReLU(inplace=True)]
@@ -64,7 +78,9 @@ class FFTBranch(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with float32_features(wave):
-            spectrum = self.norm(log_magnitude(torch.fft.rfft(wave.float()).abs())[:, None, :])
+            mag = torch.fft.rfft(wave.float()).abs()
+            channels = {"log": [log_magnitude(mag)], "linear": [mag], "both": [log_magnitude(mag), mag]}
+            spectrum = self.norm(torch.stack(channels[self.magnitude], dim=1))
         return self.head(self.pool(self.convs(spectrum)))
 
 
@@ -109,7 +125,10 @@ class SpectrogramBranch(nn.Module):
         with float32_features(wave):
             spec = torch.stft(wave.float(), self.cfg.n_fft, self.cfg.hop_length, window=self.window,
                               return_complex=True)
-            return self.norm(log_magnitude(spec.abs()))  # (batch, freq, time)
+            spec = log_magnitude(spec.abs())  # (batch, freq, time)
+            if self.cfg.spec_mean_norm:
+                spec = spec - spec.mean(dim=2, keepdim=True)
+            return self.norm(spec)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         spec = self.spectrogram(wave)
@@ -131,4 +150,7 @@ class DualStreamNet(nn.Module):
         self.spec_branch = SpectrogramBranch(self.cfg, half)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.cfg.level_norm:
+            with float32_features(wave):
+                wave = wave.float() / wave.float().pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-8)
         return torch.cat([self.fft_branch(wave), self.spec_branch(wave)], dim=1)

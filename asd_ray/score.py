@@ -60,7 +60,9 @@ class ScoreConfig(JobConfig):
                                                    "(default: data)")
     out: str = Field("runs/score", description="URL of the output folder")
     machines: list[str] | None = None
-    references: Literal["centroid", "kmeans", "knn"] = "centroid"
+    references: Literal["centroid", "kmeans", "knn"] = Field(
+        "knn", description="knn: every training clip, distances scaled per domain (best measured); "
+                           "kmeans: Wilkinghoff's; centroid: the tech report's")
     kmeans_clusters: int = Field(16, ge=1)
     decision_percentile: float = Field(90.0, gt=0, lt=100)
     batch_size: int = Field(64, ge=1)

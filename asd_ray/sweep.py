@@ -67,7 +67,8 @@ class Dim(BaseModel):
 
 def _default_space() -> dict[str, Dim]:
     return {"lr": Dim(loguniform=(3e-4, 3e-3)), "weight_decay": Dim(loguniform=(1e-6, 1e-3)),
-            "mixup_alpha": Dim(uniform=(0.0, 0.4)), "n_subclusters": Dim(choice=[4, 16]),
+            "mixup_alpha": Dim(uniform=(0.2, 1.5)), "featex": Dim(choice=[0.0, 0.5]),
+            "model.fft_magnitude": Dim(choice=["log", "both"]), "n_subclusters": Dim(choice=[4, 16]),
             "model.freq_width": Dim(choice=[0, 8, 16]), "model.time_width": Dim(choice=[0, 16, 32])}
 
 

@@ -24,10 +24,11 @@ from typing import Literal
 from pydantic import Field
 
 from asd_ray import bundle, dataset, storage
-from asd_ray.augment import mixup
+from asd_ray.augment import feature_exchange, mixup
 from asd_ray.autoencoder import AEConfig
 from asd_ray.config import JobConfig
 from asd_ray.labels import LabelMap
+from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig
 from asd_ray.storage import StorageOptions
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
@@ -50,7 +51,9 @@ class TrainConfig(JobConfig):
     shuffle_buffer: int = Field(256, ge=0, description="clips per worker mixed across shards before batching")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    mixup_alpha: float = Field(0.2, ge=0)
+    mixup_alpha: float = Field(1.0, ge=0, description="mixup's Beta(alpha, alpha); 1: a uniform mixing weight")
+    featex: float = Field(0.5, ge=0, le=1, description="share of clips whose branch embeddings are swapped with a "
+                                                        "partner's (FeatEx: a second loss on 3x the classes); 0: off")
     grad_clip: float = Field(5.0, gt=0)
     n_subclusters: int = Field(16, ge=1)
     clip_seconds: float = Field(10.0, gt=0, description="clips are cropped / padded to this length")
@@ -93,6 +96,8 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # the same initial model and, above all, the same fixed centres on every rank
     model, loss_fn = bundle.build(bundle_info(cfg, labels))
     loss_fn = loss_fn.to(device) if loss_fn is not None else None
+    featex_fn = (SubClusterAdaCos(cfg.model.emb_dim, 3 * len(labels), cfg.n_subclusters).to(device)
+                 if loss_fn is not None and cfg.featex > 0 else None)  # training only: not in the bundle
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -104,6 +109,8 @@ def train_loop(config: dict) -> None:
         model.load_state_dict(state["model"])
         if loss_fn is not None:
             loss_fn.load_state_dict(state["loss"])
+        if featex_fn is not None and state.get("featex"):
+            featex_fn.load_state_dict(state["featex"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -131,6 +138,8 @@ def train_loop(config: dict) -> None:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     emb = model(x)
                 loss = loss_fn(emb, y)
+                if featex_fn is not None:
+                    loss = loss + featex_fn(*feature_exchange(emb, y, cfg.featex))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -158,6 +167,7 @@ def train_loop(config: dict) -> None:
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 state = {"model": core.state_dict(), "loss": loss_fn.state_dict() if loss_fn else {},
+                         "featex": featex_fn.state_dict() if featex_fn else {},
                          "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "epoch": epoch}
                 torch.save(state, os.path.join(d, STATE_FILE))

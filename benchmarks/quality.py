@@ -2,8 +2,9 @@
 scored and evaluated through the same jobs on the same synthetic benchmark.
 
     python benchmarks/quality.py                                # the default synthetic benchmark (GPU-sized)
-    python benchmarks/quality.py --clip-seconds 5 --train-clips 300 --epochs 10 --ae-epochs 30   # a CPU-sized run
+    python benchmarks/quality.py --clip-seconds 5 --train-clips 150 --ae-epochs 30 --batch-size 32   # a CPU-sized run
     python benchmarks/quality.py --gpu --workers 1
+    python benchmarks/quality.py ... --name scadacos-mix1 --set mixup_alpha=1.0 featex=0.5   # a variant
 
 Prints, per machine type, AUC (source), AUC (target), pAUC and the official score of both systems
 and the difference of official scores. Re-running with the same --out reuses the data and resumes
@@ -18,6 +19,7 @@ import numpy as np
 
 from asd_ray import storage
 from asd_ray.cluster import ensure_ray
+from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.score import ScoreConfig, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
@@ -38,13 +40,16 @@ def main() -> None:
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--train-clips", type=int, default=None, help="source training clips per section "
                                                                    "(default: the synthetic default, 990)")
-    p.add_argument("--epochs", type=int, default=20, help="dual-stream epochs")
+    p.add_argument("--epochs", type=int, default=6, help="dual-stream epochs")
     p.add_argument("--ae-epochs", type=int, default=50, help="autoencoder epochs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--references", default="kmeans", choices=["kmeans", "knn", "centroid"],
+    p.add_argument("--references", default="knn", choices=["knn", "kmeans", "centroid"],
                    help="references of the dual-stream system")
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--name", default="scadacos", help="run name of the dual-stream system (one per variant)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="training config overrides of the dual-stream system, as for asd-ray train")
     args = p.parse_args()
 
     ensure_ray()
@@ -55,7 +60,8 @@ def main() -> None:
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)
-    systems = {"dual-stream SCAdaCos": TrainConfig(name="scadacos", epochs=args.epochs, **common),
+    systems = {"dual-stream SCAdaCos": load_config(TrainConfig, None, args.set, name=args.name, epochs=args.epochs,
+                                                   **common),
                "autoencoder baseline": TrainConfig(name="autoencoder", method="autoencoder", epochs=args.ae_epochs,
                                                    mixup_alpha=0.0, **common)}
     results, seconds = {}, {}

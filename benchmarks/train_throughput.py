@@ -96,7 +96,8 @@ def main() -> None:
         rate = result["metrics"]["clips_per_s"]
         same = plain[1] * workers  # each CPU worker runs torch with 1 thread
         print(f"ray train, {workers} worker(s): {rate:.1f} clips/s (last epoch; whole fit {time.time() - t0:.0f} s); "
-              f"ratio to the fastest plain loop {rate / best:.2f}; to {workers} x the 1-thread plain loop {rate / same:.2f}")
+              f"ratio to the fastest plain loop {rate / best:.2f}; "
+              f"to {workers} x the 1-thread plain loop {rate / same:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ BAD = {
     "fan/train/section_00_source_test_normal_0003.wav": ("'train' folder", _wav(_tone())),
     "fan/train/section_00_source_train_normal_0004_a_1.wav": ("unreadable", b"RIFF\x00\x00garbage"),
     "fan/train/section_00_source_train_normal_0005_a_1.wav": ("empty", _wav(np.zeros(0, np.int16))),
-    "fan/train/section_00_source_train_normal_0006_a_1.wav": ("sample rate 8000 Hz, expected 16000", _wav(_tone(), 8000)),
+    "fan/train/section_00_source_train_normal_0006_a_1.wav": ("sample rate 8000 Hz, expected 16000",
+                                                              _wav(_tone(), 8000)),
     "fan/train/section_00_source_train_normal_0007_a_1.wav": ("2 channels, expected mono", _wav(_tone(channels=2))),
     "loose/section_00_source_train_normal_0000.wav": ("<machine>/train", _wav(_tone())),
 }

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asd_ray.augment import mixup, spec_augment
+from asd_ray.augment import feature_exchange, mixup, spec_augment
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
@@ -30,6 +30,35 @@ def test_embedding_shape_for_any_length(seconds):
     model = DualStreamNet().eval()
     with torch.no_grad():
         assert model(torch.randn(2, int(seconds * SR)) * 0.1).shape == (2, 256)
+
+
+def test_level_norm_ignores_loudness_and_mean_norm_centres_each_frequency():
+    x, _ = tones(2, 2)
+    plain = DualStreamNet(SMALL.model_copy(update={"level_norm": False, "spec_mean_norm": False})).eval()
+    normed = DualStreamNet(SMALL.model_copy(update={"level_norm": True, "spec_mean_norm": True})).eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(4 * x), atol=1e-3)
+        torch.testing.assert_close(normed(x), normed(4 * x), atol=1e-5, rtol=1e-5)
+        # at initialisation the per-frequency batch norm is the identity, so the centred spectrogram shows
+        spec = normed.spec_branch.spectrogram(x)
+    assert spec.mean(dim=2).abs().max() < 1e-3 < plain.spec_branch.spectrogram(x).mean(dim=2).abs().max()
+
+
+def test_fft_branch_takes_log_or_linear_magnitude_or_both():
+    x, labels = tones(4, 3)
+    out = {}
+    for magnitude in ("log", "linear"):
+        torch.manual_seed(0)  # the same weights: only the input of the FFT branch differs
+        model = DualStreamNet(SMALL.model_copy(update={"fft_magnitude": magnitude}))
+        SubClusterAdaCos(32, 3, 4)(model(x), F.one_hot(labels, 3).float()).backward()
+        assert model.fft_branch.convs[0].weight.grad.abs().sum() > 0
+        with torch.no_grad():
+            out[magnitude] = model.eval()(x)
+    torch.testing.assert_close(out["log"][:, 16:], out["linear"][:, 16:])  # the spectrogram half is the same
+    assert not torch.allclose(out["log"][:, :16], out["linear"][:, :16], atol=1e-3)
+    both = DualStreamNet(SMALL.model_copy(update={"fft_magnitude": "both"}))  # the two as input channels
+    SubClusterAdaCos(32, 3, 4)(both(x), F.one_hot(labels, 3).float()).backward()
+    assert (both.fft_branch.convs[0].weight.grad.abs().sum(dim=(0, 2)) > 0).tolist() == [True, True]
 
 
 def test_gradients_reach_both_branches():
@@ -115,6 +144,23 @@ def test_mixup_mixes_inputs_and_labels_alike():
     assert mixup(x, y, alpha=0)[0] is x
 
 
+def test_feature_exchange_swaps_the_spectrogram_half_and_relabels():
+    emb = torch.arange(24.0).view(6, 4)
+    y = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    out, labels = feature_exchange(emb, y, prob=1.0)
+    torch.testing.assert_close(out[:, :2], emb[:, :2])  # FFT halves stay
+    torch.testing.assert_close(out[:, 2:], emb.flip(0)[:, 2:])  # spectrogram halves from the mirror partner
+    assert labels.shape == (6, 9) and labels[:, :3].sum() == 0  # none of the original classes
+    torch.testing.assert_close(labels[:, 3:6], y / 2)
+    torch.testing.assert_close(labels[:, 6:], y.flip(0) / 2)
+    kept, labels = feature_exchange(emb, y, prob=0.0)
+    torch.testing.assert_close(kept, emb)
+    torch.testing.assert_close(labels, torch.cat([y, torch.zeros(6, 6)], 1))
+    torch.manual_seed(0)
+    swapped = (feature_exchange(emb, y, prob=0.5)[1][:, 3:].sum(1) > 0).float().mean()
+    assert 0 < swapped < 1
+
+
 def test_bf16_autocast_matches_float32():
     torch.manual_seed(0)
     model, loss_fn = DualStreamNet(SMALL).eval(), SubClusterAdaCos(32, 3, 4)
@@ -157,3 +203,25 @@ def test_label_map_is_stable_and_names_unknown_classes():
     with pytest.raises(KeyError, match="fan\\|01\\|speed=900"):
         a.index("fan", "01", "speed=900")
     assert LabelMap.model_validate_json(a.model_dump_json()).classes == a.classes
+
+
+def test_version_1_bundle_keeps_the_features_it_was_trained_with(tmp_path):
+    import json
+
+    from asd_ray.bundle import V1_MODEL, BundleInfo, load_bundle, save_bundle, weights_bytes
+
+    old = SMALL.model_copy(update=V1_MODEL)
+    torch.manual_seed(0)
+    model = DualStreamNet(old).eval()
+    info = BundleInfo(model=old, labels=LabelMap(classes=["a", "b"]), n_subclusters=2, sample_rate=SR,
+                      clip_samples=SR)
+    save_bundle(str(tmp_path), info, weights_bytes(model, SubClusterAdaCos(32, 2, 2)))
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    meta["version"] = 1  # as written before the options existed
+    meta["model"] = {k: v for k, v in meta["model"].items() if k not in V1_MODEL}
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    loaded, _, loaded_info = load_bundle(str(tmp_path))
+    assert {k: getattr(loaded_info.model, k) for k in V1_MODEL} == V1_MODEL
+    x, _ = tones(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

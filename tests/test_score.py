@@ -37,7 +37,7 @@ def _test_clip_ids(data):
 
 
 def test_every_test_clip_scored_once_with_dcase_files(trained):
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8)
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8, references="centroid")
     summary = run_score(cfg)
     table = read_scores(cfg.out)
     assert table["clip_id"].to_pylist() == _test_clip_ids(f"{B}/data") and summary["unscored"] == []

@@ -54,7 +54,7 @@ def test_train_on_s3_checkpoints_and_resumes(train_data):
 def test_killed_worker_is_replaced_and_training_resumes(train_data, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_EPOCH_ENV, "2")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed"))
-    result = train(_cfg(train_data, "fault", epochs=4, validation={"ref_clips": 8, "test_clips": 8}))
+    result = train(_cfg(train_data, "fault", epochs=4, validation={"ref_clips": 8, "test_clips": 8}, featex=0.5))
     assert (tmp_path / "killed").exists()  # the hook fired: rank 0 died at epoch 2
     assert result["metrics"]["epoch"] == 3
     assert 0 <= result["metrics"]["official_score"] <= 1  # validation objective reported every epoch
@@ -62,6 +62,12 @@ def test_killed_worker_is_replaced_and_training_resumes(train_data, tmp_path, mo
     # (epoch 1's, or epoch 0's if the controller had not yet taken in the epoch-1 report), not from scratch
     assert result["metrics"]["start_epoch"] in (1, 2)
     assert {m["epoch"] for m in result["history"]} == {0, 1, 2, 3}
+    # the FeatEx head (3 x 12 classes, 4 sub-clusters) is checkpointed for resuming, not put in the bundle
+    fs, _ = storage.fsspec_fs("s3://asd-train/runs")
+    with fs.open(f"{result['checkpoint']}/state.pt", "rb") as f:
+        state = bundle.load_weights(f.read(), "checkpoint")
+    assert state["featex"]["centres"].shape == (3 * 12 * 4, 32)
+    assert state["featex"]["scale"] != state["loss"]["scale"]  # its own adaptive scale
 
 
 def test_bad_inputs_are_clear_errors(train_data, tmp_path):
