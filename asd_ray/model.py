@@ -79,8 +79,9 @@ class FFTBranch(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with float32_features(wave):
             mag = torch.fft.rfft(wave.float()).abs()
-            channels = {"log": [log_magnitude(mag)], "linear": [mag], "both": [log_magnitude(mag), mag]}
-            spectrum = self.norm(torch.stack(channels[self.magnitude], dim=1))
+            channels = [log_magnitude(mag)] if self.magnitude != "linear" else []
+            channels += [mag] if self.magnitude != "log" else []
+            spectrum = self.norm(torch.stack(channels, dim=1))
         return self.head(self.pool(self.convs(spectrum)))
 
 
