@@ -34,6 +34,10 @@ from asd_ray.storage import StorageOptions
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
 STATE_FILE = "state.pt"
+SETTINGS_FILE = "settings.json"
+# what a resumed run may change: where and how it runs, and how many epochs it runs in all
+RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
+             "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage"}
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
 
 
@@ -239,15 +243,42 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"storage": cfg.storage.resolved()})
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """A run resumes only with the settings it was started with (epochs aside): resuming with another
+    lr, model or data would silently give a model trained half one way and half another."""
+    url = storage.join(cfg.storage_path, cfg.name, SETTINGS_FILE)
+    now = cfg.model_dump(mode="json", exclude=RESUMABLE)
+    if not storage.exists(url, cfg.storage):
+        storage.write_bytes_atomic(url, json.dumps(now, indent=1).encode(), cfg.storage)
+        return
+    was, new = _flat(json.loads(storage.read_bytes(url, cfg.storage))), _flat(now)
+    changed = [f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in sorted(was.keys() | new.keys())
+               if was.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} was started with other settings ("
+                         + "; ".join(changed) + "): resume it with its own settings, or give this run a new name")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
     cfg = resolved(cfg)
     labels = label_map(cfg)
+    check_settings(cfg)
     result = make_trainer(cfg, labels).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
+    if state["epoch"] + 1 != cfg.epochs:
+        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} has {state['epoch'] + 1} epochs done, more than "
+                         f"epochs={cfg.epochs}: ask for at least {state['epoch'] + 1}, or give this run a new name")
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
     training = {"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1, "final": result.metrics,
                 "config": cfg.model_dump(mode="json", exclude={"storage"})}

@@ -50,6 +50,13 @@ def test_train_on_s3_checkpoints_and_resumes(train_data):
     assert resumed["metrics"]["epoch"] == 5 and resumed["metrics"]["start_epoch"] == 4
     assert [m["epoch"] for m in resumed["history"]] == [0, 1, 2, 3, 4, 5]
 
+    # other settings than the run was started with: refused before training, each change named
+    with pytest.raises(ValueError, match=r"lr: 0\.003 -> 0\.001; model\.emb_dim: 32 -> 16\)"):
+        train(_cfg(train_data, "resume", epochs=8, lr=1e-3, model={**TINY_MODEL, "emb_dim": 16}))
+    with pytest.raises(ValueError, match="has 6 epochs done, more than epochs=5"):
+        train(_cfg(train_data, "resume", epochs=5))
+    assert bundle.load_bundle(first["bundle"])[2].training["epochs"] == 6  # the bundle of the 6-epoch run stays
+
 
 def test_killed_worker_is_replaced_and_training_resumes(train_data, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_EPOCH_ENV, "2")
