@@ -9,6 +9,7 @@ Re-running with the same ``name`` and ``storage_path`` resumes from the latest c
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -104,7 +105,6 @@ def train_loop(config: dict) -> None:
                  if loss_fn is not None and cfg.featex > 0 else None)  # training only: not in the bundle
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -116,7 +116,6 @@ def train_loop(config: dict) -> None:
         if featex_fn is not None and state.get("featex"):
             featex_fn.load_state_dict(state["featex"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
@@ -128,6 +127,9 @@ def train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_fail(epoch, rank)
         model.train()
+        lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
+        for group in opt.param_groups:
+            group["lr"] = lr
         totals = torch.zeros(3, device=device)  # loss sum, correct, clips
         t0 = time.time()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
@@ -152,13 +154,12 @@ def train_loop(config: dict) -> None:
                 correct = ((loss_fn.class_log_probs(emb).argmax(1) == y.argmax(1)).sum() if loss_fn
                            else torch.zeros((), device=device))
             totals += torch.stack([loss.detach() * len(x), correct.float(), torch.tensor(float(len(x)), device=device)])
-        sched.step()
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, correct, clips = totals.tolist()
         metrics = {"epoch": epoch, "epochs_done": epoch + 1, "loss": loss_sum / max(clips, 1),
                    "accuracy": correct / max(clips, 1) if loss_fn else float("nan"),
-                   "clips_per_s": clips / (time.time() - t0), "lr": sched.get_last_lr()[0],
+                   "clips_per_s": clips / (time.time() - t0), "lr": lr,
                    "scale": float(loss_fn.scale) if loss_fn else float("nan"), "start_epoch": start_epoch}
         if cfg.validation:
             metrics["official_score"] = validation_score(core, val, device) if val else float("nan")
@@ -172,12 +173,17 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as d:
                 state = {"model": core.state_dict(), "loss": loss_fn.state_dict() if loss_fn else {},
                          "featex": featex_fn.state_dict() if featex_fn else {},
-                         "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "epoch": epoch}
+                         "optimizer": opt.state_dict(), "epoch": epoch}
                 torch.save(state, os.path.join(d, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)  # a barrier: every worker reports every epoch
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """Cosine annealing to 0 over the run's epochs, in closed form: a run resumed with more epochs
+    anneals over the new total (a resumed torch scheduler would keep the old period and climb again)."""
+    return 0.5 * base * (1 + math.cos(math.pi * epoch / epochs))
 
 
 def bundle_info(cfg: TrainConfig, labels: LabelMap, training: dict | None = None) -> bundle.BundleInfo:

@@ -1,5 +1,7 @@
 """Ray Train on tiny synthetic data read from the moto S3 server: 2 CPU workers (gloo)."""
 
+import math
+
 import boto3
 import pytest
 import torch
@@ -49,6 +51,10 @@ def test_train_on_s3_checkpoints_and_resumes(train_data):
     resumed = train(_cfg(train_data, "resume", epochs=6))
     assert resumed["metrics"]["epoch"] == 5 and resumed["metrics"]["start_epoch"] == 4
     assert [m["epoch"] for m in resumed["history"]] == [0, 1, 2, 3, 4, 5]
+    # the learning rate anneals over all 6 epochs from where the 4-epoch run stopped, not a new cycle
+    lrs = [m["lr"] for m in resumed["history"]]
+    assert lrs[4:] == pytest.approx([0.5 * 3e-3 * (1 + math.cos(math.pi * e / 6)) for e in (4, 5)])
+    assert lrs[0] == 3e-3 and lrs[3] < lrs[2] < lrs[1] < lrs[0] and lrs[5] < lrs[4]
 
     # other settings than the run was started with: refused before training, each change named
     with pytest.raises(ValueError, match=r"lr: 0\.003 -> 0\.001; model\.emb_dim: 32 -> 16\)"):
