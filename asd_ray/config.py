@@ -86,3 +86,18 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
 
 def dump_config(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def changes(was: dict, now: dict) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two settings dicts."""
+    was, now = flatten(was), flatten(now)
+    return [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+            if was.get(k) != now.get(k)]

@@ -7,12 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
+from ray.data.extensions import ArrowTensorArray
 
 from asd_ray import schema, shards, storage
 from asd_ray.storage import StorageOptions
+
+
+META_COLUMNS = ("clip_id", "machine", "section", "domain", "split", "label")
 
 
 def attribute_key(pairs: list[tuple[str, str]] | None) -> str:
@@ -21,8 +26,8 @@ def attribute_key(pairs: list[tuple[str, str]] | None) -> str:
 
 
 def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_rate: int | None = None,
-                 pcm16: bool = False) -> dict[str, np.ndarray]:
-    """Clip rows -> numpy columns with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1]
+                 pcm16: bool = False) -> pa.Table:
+    """Clip rows -> a table with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1]
     (or, with ``pcm16``, the stored int16 samples: half the bytes to move, scaled where they are used).
 
     Clips longer than ``num_samples`` are cropped (from the start or the centre), shorter ones
@@ -30,6 +35,13 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_
     names the clip and its shard.
     """
     n = batch.num_rows
+    for column in schema.NAME_RULES:  # names from the data must be safe file names before anything uses them
+        for value in pc.unique(batch.column(column)).to_pylist():
+            problem = schema.name_problem(column, value)
+            if problem:
+                row = batch.column(column).to_pylist().index(value)
+                where = batch.column("path")[row].as_py() if "path" in batch.column_names else "?"
+                raise schema.SchemaError(f"{where}: clip {batch['clip_id'][row]}: {problem}")
     audio = np.zeros((n, num_samples), np.int16 if pcm16 else np.float32)
     lengths = batch.column("num_samples").to_numpy()
     rates = batch.column("sample_rate").to_numpy()
@@ -45,11 +57,12 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_
         start = max(0, (len(wave) - num_samples) // 2) if crop == "center" else 0
         wave = wave[start:start + num_samples]
         audio[i, :len(wave)] = wave
-    out = {c: batch.column(c).to_numpy(zero_copy_only=False)
-           for c in ("clip_id", "machine", "section", "domain", "split", "label")}
-    out["attribute_key"] = np.array([attribute_key(a) for a in batch.column("attributes").to_pylist()], dtype=object)
-    out["audio"] = audio
-    return out
+    # an Arrow table, not numpy: a column of unknown domains or labels (all null) must stay a string
+    # column of nulls; as a numpy object array of None, Ray Data would turn it into float NaN
+    out = {c: batch.column(c).cast(pa.string()) for c in META_COLUMNS}
+    out["attribute_key"] = pa.array([attribute_key(a) for a in batch.column("attributes").to_pylist()], pa.string())
+    out["audio"] = ArrowTensorArray.from_numpy(audio)
+    return pa.table(out)
 
 
 def validate_shards(urls: list[str], options: StorageOptions | None = None) -> None:
@@ -67,16 +80,16 @@ Filter = str | Iterable[str] | None
 
 
 def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Filter,
-          options: StorageOptions | None, columns: list[str] | None = None) -> ray.data.Dataset:
+          options: StorageOptions | None, columns: list[str] | None = None, paths: bool = False) -> ray.data.Dataset:
     urls = shards.list_shards(url, split, machine, options)
     if not urls:
         raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
     validate_shards(urls, options)
     fs, _ = storage.pyarrow_fs(url, options)
     ds = ray.data.read_parquet([storage.strip_protocol(u) for u in urls], filesystem=fs, partitioning=None,
-                               include_paths=columns is None)
+                               include_paths=columns is None or paths)
     if columns is not None:
-        ds = ds.select_columns(columns)  # pushed down into the Parquet read
+        ds = ds.select_columns(columns + ["path"] if paths else columns)  # pushed down into the Parquet read
     for name, values in (("section", section), ("domain", domain)):
         if values is not None:
             ds = ds.filter(expr=col(name).is_in([values] if isinstance(values, str) else list(values)))
@@ -100,14 +113,25 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
                           batch_format="pyarrow", batch_size=64)
 
 
-def _keys(batch: pa.Table) -> dict[str, np.ndarray]:
-    return {"key": np.array([f"{m}\t{s}\t{attribute_key(a)}" for m, s, a in zip(
-        batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["attributes"].to_pylist())], dtype=object)}
+def _keys(batch: pa.Table, sample_rate: int | None) -> dict[str, np.ndarray]:
+    if sample_rate is not None:  # checked here, before any training starts, as scoring checks it
+        rates = batch["sample_rate"].to_numpy()
+        for i in np.flatnonzero(rates != sample_rate)[:1]:
+            raise schema.SchemaError(f"{batch['path'][i].as_py()}: clip {batch['clip_id'][i].as_py()} has sample "
+                                     f"rate {rates[i]} Hz, expected {sample_rate} Hz (the training config's "
+                                     f"sample_rate)")
+    return {"key": np.array(["\t".join([m, s, d or "", attribute_key(a)]) for m, s, d, a in zip(
+        batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["domain"].to_pylist(),
+        batch["attributes"].to_pylist())], dtype=object)}
 
 
 def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
-              domain: Filter = None, options: StorageOptions | None = None) -> list[tuple[str, str, str]]:
-    """The distinct ``(machine, section, attribute_key)`` of the matching clips, reading no audio."""
-    ds = _read(url, split, machine, section, domain, options, columns=["machine", "section", "domain", "attributes"])
-    keys = ds.map_batches(_keys, batch_format="pyarrow").unique("key")
-    return sorted(tuple(k.split("\t")) for k in keys)
+              domain: Filter = None, sample_rate: int | None = None,
+              options: StorageOptions | None = None) -> list[tuple[str, str, str | None, str]]:
+    """The distinct ``(machine, section, domain, attribute_key)`` of the matching clips (domain None
+    where unknown), reading no audio. With ``sample_rate``, a clip of another rate is an error naming
+    it and its shard."""
+    ds = _read(url, split, machine, section, domain, options,
+               columns=["clip_id", "machine", "section", "domain", "attributes", "sample_rate"], paths=True)
+    keys = ds.map_batches(_keys, fn_kwargs={"sample_rate": sample_rate}, batch_format="pyarrow").unique("key")
+    return sorted((m, s, d or None, a) for m, s, d, a in (k.split("\t") for k in keys))

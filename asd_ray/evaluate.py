@@ -1,8 +1,13 @@
 """``asd-ray evaluate``: official DCASE metrics of a scoring output, as tables and a report.
 
 Writes under ``out`` (default ``<scores>/evaluation``): ``results.csv`` and ``results.md`` (AUC
-source, AUC target, pAUC per machine and section, the per-machine harmonic means and the official
-score) and ``report.md`` with ROC curves and score histograms per machine type as PNG images.
+source, AUC target, pAUC per machine and section; per machine type the evaluator's arithmetic and
+harmonic means and asd_ray's harmonic mean of all three; the official score) and ``report.md``
+with ROC curves and score histograms per machine type as PNG images.
+
+Evaluation needs each clip's domain and label. A scored evaluation set (``section_XX_NNNN.wav``:
+neither is known) is evaluated with the official evaluator's ground-truth files
+(``ground_truth=<folder>``, see :mod:`asd_ray.ground_truth`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ import pyarrow as pa  # noqa: E402
 from pydantic import Field  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from asd_ray import metrics, storage  # noqa: E402
+from asd_ray import ground_truth, metrics, schema, storage  # noqa: E402
 from asd_ray.config import JobConfig  # noqa: E402
 from asd_ray.score import read_scores  # noqa: E402
 from asd_ray.storage import StorageOptions  # noqa: E402
 
-COLUMNS = ("auc_source", "auc_target", "pauc")
+COLUMNS = metrics.COLUMNS
 
 
 class EvaluateConfig(JobConfig):
     scores: str = Field("runs/score", description="URL of a scoring output (asd-ray score's out)")
     out: str | None = Field(None, description="where tables and report go (default <scores>/evaluation)")
+    ground_truth: str | None = Field(None, description="folder of the DCASE evaluator's ground truth "
+                                                       "(ground_truth_data/, ground_truth_domain/, "
+                                                       "ground_truth_attributes/): domains and labels of a "
+                                                       "scored evaluation set")
     storage: StorageOptions = StorageOptions()
 
     @property
@@ -38,29 +47,42 @@ class EvaluateConfig(JobConfig):
 
 
 def evaluate_table(table: pa.Table) -> tuple[list[dict], dict[str, float], float]:
-    """Per-section rows, per-machine official scores and the overall official score."""
+    """Per-section rows, per-machine harmonic means of all their AUCs and pAUCs, and the official score."""
     d = table.to_pydict()
-    if any(v is None for v in d["label"]) or any(v is None for v in d["domain"]):
-        raise ValueError("cannot evaluate: some clips have no label or no domain (an evaluation set without "
-                         "ground truth); score a labelled test set")
+    unknown = sum(1 for lab, dom in zip(d["label"], d["domain"]) if lab is None or dom is None)
+    if unknown:
+        raise ValueError(f"cannot evaluate: {unknown} of {table.num_rows} clips have no label or no domain (an "
+                         f"evaluation set without ground truth). Evaluation needs labels: give ground_truth=<folder "
+                         f"with the DCASE evaluator's ground_truth_data/, ground_truth_domain/ and "
+                         f"ground_truth_attributes/>, or score a labelled test set")
     label = np.array([v == "anomaly" for v in d["label"]], dtype=int)
     domain, score = np.array(d["domain"]), np.array(d["score"])
     machine, section = np.array(d["machine"]), np.array(d["section"])
     rows = []
     for m, s in sorted(set(zip(d["machine"], d["section"]))):
         keep = (machine == m) & (section == s)
-        rows.append({"machine": m, "section": s, **metrics.section_metrics(label[keep], domain[keep], score[keep])})
+        rows.append({"machine": m, "section": s, **metrics.section_metrics(label[keep], domain[keep], score[keep],
+                                                                           machine=m, section=s)})
     per_machine = {m: metrics.official_score([r for r in rows if r["machine"] == m]) for m in sorted(set(machine))}
     return rows, per_machine, metrics.official_score(rows)
 
 
 def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: float) -> str:
-    lines = ["| machine | section | AUC (source) | AUC (target) | pAUC | official score (machine) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['machine']} | {r['section']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in COLUMNS)
-                     + f" | {100 * per_machine[r['machine']]:.2f} |")
-    lines.append(f"| **all** | | | | | **{100 * overall:.2f}** |")
+    """Per section, then per machine type the evaluator's arithmetic and harmonic means of each
+    column (the numbers its own tables print), and asd_ray's harmonic mean of all the machine's
+    values, labelled as such: the evaluator has no per-machine "official score"."""
+    means = metrics.machine_means(rows)
+    lines = ["| machine | section | AUC (source) | AUC (target) | pAUC |", "|---|---|---|---|---|"]
+    for m in sorted(per_machine):
+        for r in (r for r in rows if r["machine"] == m):
+            lines.append(f"| {m} | {r['section']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in COLUMNS) + " |")
+        for kind, name in (("mean", "arithmetic mean"), ("hmean", "harmonic mean")):
+            lines.append(f"| {m} | {name} | " + " | ".join(f"{100 * means[m][f'{kind}_{c}']:.2f}" for c in COLUMNS)
+                         + " |")
+    lines += ["", "| machine | harmonic mean of its AUC (source), AUC (target) and pAUC values (asd_ray) |",
+              "|---|---|"]
+    lines += [f"| {m} | {100 * v:.2f} |" for m, v in sorted(per_machine.items())]
+    lines.append(f"| **all: official score** | **{100 * overall:.2f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -75,6 +97,7 @@ def plots(table: pa.Table) -> dict[str, bytes]:
     d = {k: np.array(v) for k, v in table.to_pydict().items()}
     files = {}
     for m in sorted(set(d["machine"].tolist())):
+        schema.check_name("machine", m, "scores")  # it becomes a file name
         keep = d["machine"] == m
         label, domain, score = (d["label"][keep] == "anomaly").astype(int), d["domain"][keep], d["score"][keep]
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -102,14 +125,21 @@ def plots(table: pa.Table) -> dict[str, bytes]:
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     table = read_scores(cfg.scores, cfg.storage)
+    if cfg.ground_truth:
+        table = ground_truth.apply(table, cfg.ground_truth, cfg.storage)
     rows, per_machine, overall = evaluate_table(table)
     md = markdown_table(rows, per_machine, overall)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["machine", "section", *COLUMNS, "official_score_machine"])
-    writer.writerows([r["machine"], r["section"], *(f"{r[c]:.6f}" for c in COLUMNS),
-                      f"{per_machine[r['machine']]:.6f}"] for r in rows)
-    writer.writerow(["all", "", "", "", "", f"{overall:.6f}"])
+    writer.writerow(["machine", "section", *COLUMNS, "hmean_machine_all_values"])
+    means = metrics.machine_means(rows)
+    for m in sorted(per_machine):
+        writer.writerows([r["machine"], r["section"], *(f"{r[c]:.6f}" for c in COLUMNS), ""]
+                         for r in rows if r["machine"] == m)
+        for kind, name in (("mean", "arithmetic mean"), ("hmean", "harmonic mean")):
+            writer.writerow([m, name, *(f"{means[m][f'{kind}_{c}']:.6f}" for c in COLUMNS), ""])
+        writer.writerow([m, "all", "", "", "", f"{per_machine[m]:.6f}"])
+    writer.writerow(["all", "official score", "", "", "", f"{overall:.6f}"])
     images = plots(table)
     report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({table.num_rows} clips). Metrics as the "
               "official DCASE evaluator computes them (AUC per domain with all anomalies; pAUC at FPR <= 0.1; "
@@ -122,5 +152,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
              "report.md": "\n".join(report).encode()}
     for name, data in files.items():
         storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
-    return {"rows": rows, "per_machine": per_machine, "official_score": overall, "markdown": md,
+    return {"rows": rows, "per_machine": per_machine, "machine_means": means, "official_score": overall,
+            "markdown": md,
             "report": storage.join(cfg.out_url, "report.md")}

@@ -6,7 +6,9 @@ Reads the DCASE 2023-2025 dev/eval layout ``<machine>/{train,test}/<name>.wav`` 
 Files are read in parallel Ray tasks, one task per output shard. A bad file (unreadable, empty,
 wrong sample rate, multi-channel, unparseable name) goes to ``<dest>/_rejects.csv`` with the
 reason; the good ones are written. Shard names are stable and shards of earlier runs that this run
-did not write are removed, so a re-run replaces instead of duplicating.
+did not write are removed, so a re-run replaces instead of duplicating; readers see the old set of
+shards until the new one is complete (:func:`asd_ray.shards.publish`). A machine folder whose name
+is not letters, digits and ``-`` is rejected (names become file names).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def discover(cfg: IngestConfig) -> tuple[list[WavFile], list[tuple[str, str]]]:
         if len(parts) < 3 or parts[-2] not in schema.SPLITS:
             rejects.append((url, "not in a <machine>/train or <machine>/test folder"))
             continue
+        problem = schema.name_problem("machine", parts[-3])
+        if problem:
+            rejects.append((url, f"machine folder '{parts[-3]}': {problem.split(': ', 1)[1]}"))
+            continue
         files.append(WavFile(url, parts[-3], parts[-2], parts[-1].rsplit(".", 1)[0], int(info.get("size") or 0)))
     return files, rejects
 
@@ -131,18 +137,19 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
     """Run the ingest; returns a summary with the counts and every reject."""
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     files, rejects = discover(cfg)
-    jobs = []
+    chunks = []
     limit = cfg.shard_mb * 1e6
     for split in schema.SPLITS:
         for machine in sorted({f.machine for f in files if f.split == split}):
             chunk: list[WavFile] = []
             for f in (f for f in files if f.split == split and f.machine == machine):
                 if chunk and sum(c.size for c in chunk) + f.size > limit:
-                    jobs.append((shards.shard_url(cfg.dest, split, machine, f"ingest-{len(jobs):05d}"), chunk))
+                    chunks.append((split, machine, chunk))
                     chunk = []
                 chunk.append(f)
             if chunk:
-                jobs.append((shards.shard_url(cfg.dest, split, machine, f"ingest-{len(jobs):05d}"), chunk))
+                chunks.append((split, machine, chunk))
+    jobs = shards.partition_shard_urls(cfg.dest, "ingest", shards.new_generation(), chunks)
     task = ray.remote(num_cpus=1)(ingest_chunk)
     pending = [task.remote(cfg, url, chunk) for url, chunk in jobs]
     written, clips = set(), 0
@@ -156,7 +163,8 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
             print(f"\ringest: {len(jobs) - len(pending)}/{len(jobs)} shards", end="", flush=True)
     if progress and jobs:
         print()
-    shards.remove_stale(cfg.dest, written, {(f.split, f.machine) for f in files}, cfg.storage)
+    # the new shards become the live set at once; the ones they replace go only then
+    shards.publish(cfg.dest, written, {(f.split, f.machine) for f in files}, cfg.storage)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "reason"])

@@ -9,6 +9,11 @@ c850537; the 2024 and 2025 evaluators keep these definitions), per machine type 
   standardised partial AUC, exactly what the evaluator calls).
 - Official score: the harmonic mean of every AUC (source), AUC (target) and pAUC over all
   machine types and sections, each floored at machine epsilon (``scipy.stats.hmean``).
+- Per machine type the evaluator prints the arithmetic and the harmonic mean of each of the
+  three over the machine's sections (:func:`machine_means`).
+
+A metric that cannot be computed (a domain with only normal or only anomalous clips) is an
+error naming the machine, section and domain, never a value left out of a mean.
 """
 
 from __future__ import annotations
@@ -20,27 +25,48 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 MAX_FPR = 0.1
+COLUMNS = ("auc_source", "auc_target", "pauc")
 
 
-def section_metrics(labels: np.ndarray, domains: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+class MetricError(ValueError):
+    """A metric is undefined for the clips given (one class only); the message says where."""
+
+
+def section_metrics(labels: np.ndarray, domains: np.ndarray, scores: np.ndarray, machine: str = "?",
+                    section: str = "?") -> dict[str, float]:
     """``labels``: 1 anomaly / 0 normal; ``domains``: 'source' / 'target'; higher score = more anomalous."""
     labels, domains, scores = np.asarray(labels), np.asarray(domains), np.asarray(scores, dtype=float)
     out = {}
     for domain in ("source", "target"):
         keep = (domains == domain) | (labels == 1)
-        out[f"auc_{domain}"] = _auc(labels[keep], scores[keep])
-    out["pauc"] = _auc(labels, scores, MAX_FPR)
+        out[f"auc_{domain}"] = _auc(labels[keep], scores[keep], f"{machine} section {section} {domain}: AUC")
+    out["pauc"] = _auc(labels, scores, f"{machine} section {section} (both domains): pAUC", MAX_FPR)
     return out
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray, max_fpr: float | None = None) -> float:
-    if len(set(labels.tolist())) < 2:
-        return float("nan")  # undefined without both classes; left out of the means
+def _auc(labels: np.ndarray, scores: np.ndarray, what: str, max_fpr: float | None = None) -> float:
+    normal, anomalous = int((labels == 0).sum()), int((labels == 1).sum())
+    if not normal or not anomalous:
+        raise MetricError(f"{what} needs normal and anomalous clips, found {normal} normal and {anomalous} "
+                          f"anomalous")
     return float(roc_auc_score(labels, scores, max_fpr=max_fpr))
 
 
 def official_score(rows: list[dict[str, float]]) -> float:
     """Harmonic mean of all AUC (source), AUC (target) and pAUC values of ``rows`` (sections)."""
-    values = np.array([r[k] for k in ("auc_source", "auc_target", "pauc") for r in rows], dtype=float)
-    values = values[~np.isnan(values)]
-    return float(hmean(np.maximum(values, sys.float_info.epsilon))) if len(values) else float("nan")
+    values = np.array([r[k] for k in COLUMNS for r in rows], dtype=float)
+    if not len(values) or np.isnan(values).any():
+        raise MetricError(f"the official score needs an AUC (source), AUC (target) and pAUC for every section; "
+                          f"got {values.tolist()}")
+    return float(hmean(np.maximum(values, sys.float_info.epsilon)))
+
+
+def machine_means(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per machine type, as the evaluator prints it: the arithmetic (``mean``) and harmonic (``hmean``)
+    mean of each of AUC (source), AUC (target) and pAUC over the machine's sections."""
+    out: dict[str, dict[str, float]] = {}
+    for machine in sorted({r["machine"] for r in rows}):
+        mine = [r for r in rows if r["machine"] == machine]
+        out[machine] = {**{f"mean_{c}": float(np.mean([r[c] for r in mine])) for c in COLUMNS},
+                        **{f"hmean_{c}": float(hmean([r[c] for r in mine])) for c in COLUMNS}}
+    return out

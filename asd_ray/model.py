@@ -52,6 +52,14 @@ def log_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x + 1e-5)
 
 
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA, for training and scoring alike; never on the CPU. torch 2.13's CPU
+    build computes a bf16 Conv1d with 2 input channels and kernel 256 (the FFT branch's first layer
+    with ``fft_magnitude=both``) wrongly through oneDNN on CPUs with AMX (cosine 0.02 to float32),
+    so bf16 on the CPU is not offered."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def float32_features(wave: torch.Tensor) -> torch.autocast:
     """Feature extraction stays float32 under autocast: FFTs and logs of small magnitudes need the
     range; the CNN layers after it run in the autocast dtype."""

@@ -24,8 +24,11 @@ split or one machine without listing the rest; the partition values are also kep
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = "1"
 VERSION_KEY = b"asd_ray.schema_version"
@@ -56,6 +59,29 @@ class SchemaError(ValueError):
     """A clip table does not follow the clip format; the message names the source and column."""
 
 
+# Machine and section values become file names (the DCASE CSVs, the report's plots), and the
+# official evaluator splits those names on "_": so only letters, digits and "-", and two digits.
+NAME_RULES = {"machine": (re.compile(r"[A-Za-z0-9-]+"), "letters, digits and '-' only (it becomes part of file "
+                                                        "names, which the DCASE evaluator splits on '_')"),
+              "section": (re.compile(r"[0-9]{2}"), "two digits, e.g. '00'")}
+
+
+def name_problem(column: str, value: object) -> str | None:
+    """Why ``value`` is not a valid ``machine`` / ``section`` value, or None when it is."""
+    pattern, expected = NAME_RULES[column]
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return None
+    return f"{column}={value!r}: expected {expected}"
+
+
+def check_name(column: str, value: object, source: str) -> str:
+    """``value`` if it is a valid ``machine`` / ``section`` value, else an error naming ``source``."""
+    problem = name_problem(column, value)
+    if problem:
+        raise SchemaError(f"{source}: {problem}")
+    return value
+
+
 def validate_schema(schema: pa.Schema, source: str) -> None:
     """Check that ``schema`` has every clip column with the right type (extra columns are allowed)."""
     for field in CLIP_SCHEMA:
@@ -74,7 +100,14 @@ def validate_schema(schema: pa.Schema, source: str) -> None:
 
 
 def validate_rows(table: pa.Table, source: str) -> None:
-    """Check the values the types cannot: allowed labels/domains/splits and audio lengths."""
+    """Check the values the types cannot: machine and section names, allowed labels/domains/splits
+    and audio lengths."""
+    for column in NAME_RULES:
+        for value in pc.unique(table.column(column)).to_pylist():
+            problem = name_problem(column, value)
+            if problem:
+                row = table.column(column).to_pylist().index(value)
+                raise SchemaError(f"{source}: row {row} ({table['clip_id'][row]}): {problem}")
     for column, allowed, nullable in (("domain", DOMAINS, True), ("split", SPLITS, False), ("label", LABELS, True)):
         values = table.column(column).to_pylist()
         for row, value in enumerate(values):

@@ -16,8 +16,9 @@ references of the clip's machine and section, both domains. Decision threshold: 
 distribution fitted to the training clips' scores per machine and section, at
 ``decision_percentile`` (as the DCASE baseline does).
 
-Outputs under ``out``: ``scores.parquet`` (clip_id, machine, section, domain, label, score,
-decision), the DCASE submission files ``anomaly_score_<machine>_section_<XX>_test.csv`` and
+Test clips need no domain or label (the everyday case: new recordings, the DCASE evaluation
+set); those stay null in the outputs. Outputs under ``out``: ``scores.parquet`` (clip_id,
+machine, section, domain, label, score, decision), the DCASE submission files ``anomaly_score_<machine>_section_<XX>_test.csv`` and
 ``decision_result_<machine>_section_<XX>_test.csv``, ``unscored.csv`` (clips whose machine/section
 has no reference: reported, never scored) and, written last, ``manifest.json``. A run first removes
 the old manifest, so an output folder with a manifest is always complete.
@@ -42,11 +43,14 @@ import ray
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from ray.data.extensions import ArrowTensorArray
 from scipy import stats
 from sklearn.cluster import KMeans
 
 from asd_ray import bundle, dataset, schema, storage
 from asd_ray.config import JobConfig
+from asd_ray.labels import UNKNOWN_DOMAIN
+from asd_ray.model import autocast
 from asd_ray.storage import StorageOptions
 
 META = ("clip_id", "machine", "section", "domain", "label")
@@ -88,16 +92,16 @@ class Embedder:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model, _, _ = bundle.load_bundle(bundle_url, StorageOptions(**options), self.device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                   enabled=self.device.type == "cuda"):
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        with torch.inference_mode(), autocast(self.device):
             pcm = torch.as_tensor(batch["audio"], device=self.device)  # int16 until it is on the device
             emb = self.model(pcm.float() / schema.PCM16_FULL_SCALE).float()
-        out = {k: batch[k] for k in META}
         # the autoencoder baseline gives its reconstruction error, carried as a 1-d "embedding"
-        out["embedding"] = (emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy()
+        emb = (emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy()
         release_freed_memory()
-        return out
+        # Arrow, not numpy: unknown domains and labels stay string nulls (numpy None would become NaN)
+        return pa.table({**{k: pa.array(batch[k], pa.string()) for k in META},
+                         "embedding": ArrowTensorArray.from_numpy(emb)})
 
 
 def release_freed_memory() -> None:
@@ -278,8 +282,10 @@ def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
     source = cfg.fit_data or cfg.data
     groups: Groups = defaultdict(list)
     for batch in embed(cfg, info, source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
-        for i in np.flatnonzero(batch["label"] == "normal"):
-            groups[(batch["machine"][i], batch["section"][i], batch["domain"][i])].append(batch["embedding"][i])
+        # the train split is normal operation: a clip without a label counts as normal
+        for i in np.flatnonzero([lab in ("normal", None) for lab in batch["label"]]):
+            domain = batch["domain"][i] or UNKNOWN_DOMAIN
+            groups[(batch["machine"][i], batch["section"][i], domain)].append(batch["embedding"][i])
     if not groups:
         raise ValueError(f"{source}: no normal training clips to fit references on")
     if info.method == "autoencoder":  # no references: the score is the reconstruction error itself
@@ -343,6 +349,8 @@ def submission_files(table: pa.Table) -> dict[str, bytes]:
     df = table.to_pydict()
     groups = sorted({(m, s) for m, s in zip(df["machine"], df["section"])})
     for machine, section in groups:
+        schema.check_name("machine", machine, "scores")  # both become part of file names
+        schema.check_name("section", section, "scores")
         idx = [i for i, (m, s) in enumerate(zip(df["machine"], df["section"])) if (m, s) == (machine, section)]
         for prefix, column in (("anomaly_score", "score"), ("decision_result", "decision")):
             buf = io.StringIO()

@@ -13,6 +13,7 @@ checkpoint). At the end it writes ``results.csv``/``results.md``, ``objective.pn
 from __future__ import annotations
 
 import io
+import json
 import math
 from typing import Literal
 
@@ -24,10 +25,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from asd_ray import shards, storage
-from asd_ray.config import JobConfig, deep_merge, parse_overrides
+from asd_ray.config import JobConfig, changes, deep_merge, parse_overrides
 from asd_ray.labels import LabelMap
 from asd_ray.storage import StorageOptions
-from asd_ray.train import TrainConfig, label_map, make_trainer, resolved
+from asd_ray.train import RESUMABLE, SETTINGS_FILE, TrainConfig, label_map, make_trainer, resolved
 from asd_ray.validate import ValidationConfig
 
 
@@ -158,13 +159,31 @@ def _concurrency(cfg: SweepConfig) -> int:
     return max(1, int(res.get("CPU", 1) // (cfg.train.num_workers * cfg.train.cpus_per_worker + 1)))
 
 
+def _settings(cfg: SweepConfig) -> dict:
+    """What a resumed sweep must keep: the base training config (where and how it runs aside), the
+    space and the search."""
+    return {**cfg.model_dump(mode="json", exclude={"name", "storage_path", "train", "max_concurrent", "trial_cpus",
+                                                   "max_failures", "storage"}),
+            "train": cfg.train.model_dump(mode="json", exclude=RESUMABLE)}
+
+
 def _tuner(cfg: SweepConfig, trainable, metric: str, mode: str, callbacks: list | None) -> ray.tune.Tuner:
-    """A new Tuner, or the interrupted sweep of the same name restored."""
+    """A new Tuner, or the interrupted sweep of the same name restored (with the settings it was
+    started with: otherwise its old trials would go on under new ones)."""
     fs, path = storage.pyarrow_fs(cfg.experiment_url, cfg.storage)
+    settings_url = storage.join(cfg.experiment_url, SETTINGS_FILE)
     if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
+        was = json.loads(storage.read_bytes(settings_url, cfg.storage)) if storage.exists(settings_url,
+                                                                                          cfg.storage) else None
+        changed = changes(was, _settings(cfg)) if was is not None else []
+        if changed:
+            raise ValueError(f"sweep '{cfg.name}' in {cfg.storage_path} was started with other settings ("
+                             + "; ".join(changed) + "): resume it with its own settings, or give this sweep a "
+                             "new name")
         print(f"tune: resuming sweep '{cfg.name}' from {cfg.experiment_url}", flush=True)
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=fs)
+    storage.write_bytes_atomic(settings_url, json.dumps(_settings(cfg), indent=1).encode(), cfg.storage)
     parent_fs, parent = storage.pyarrow_fs(cfg.storage_path, cfg.storage)
     concurrency = _concurrency(cfg)
     # the limit goes on the searcher itself: Tune's max_concurrent_trials does not reach a

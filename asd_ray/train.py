@@ -27,10 +27,10 @@ from pydantic import Field
 from asd_ray import bundle, dataset, storage
 from asd_ray.augment import feature_exchange, mixup
 from asd_ray.autoencoder import AEConfig
-from asd_ray.config import JobConfig
-from asd_ray.labels import LabelMap
+from asd_ray.config import JobConfig, changes
+from asd_ray.labels import LabelMap, class_key
 from asd_ray.loss import SubClusterAdaCos
-from asd_ray.model import ModelConfig
+from asd_ray.model import ModelConfig, autocast
 from asd_ray.storage import StorageOptions
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
@@ -39,6 +39,8 @@ SETTINGS_FILE = "settings.json"
 # what a resumed run may change: where and how it runs, and how many epochs it runs in all
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage"}
+# settings that runs recorded before the setting existed were trained with
+LEGACY_SETTINGS = {"class_domain": False}
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
 
 
@@ -67,6 +69,8 @@ class TrainConfig(JobConfig):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(3, ge=0, description="worker failures to recover from")
     seed: int = 0
+    class_domain: bool = Field(True, description="auxiliary classes: machine x section x attributes x domain "
+                                                 "(false: without the domain, as runs before it)")
     validation: ValidationConfig | None = Field(None, description="score a small labelled budget every epoch "
                                                                  "(reported as official_score)")
     method: Literal["scadacos", "autoencoder"] = Field(
@@ -84,11 +88,12 @@ class TrainConfig(JobConfig):
         return self.bundle or storage.join(self.storage_path, self.name, "model")
 
 
-def label_batch(batch: dict[str, np.ndarray], classes: list[str]) -> dict[str, np.ndarray]:
+def label_batch(batch: dict[str, np.ndarray], classes: list[str], with_domain: bool) -> dict[str, np.ndarray]:
     labels = LabelMap(classes=classes)
     return {"audio": batch["audio"],
-            "label": np.array([labels.index(m, s, a) for m, s, a in
-                               zip(batch["machine"], batch["section"], batch["attribute_key"])], dtype=np.int64)}
+            "label": np.array([labels.index(*class_key(m, s, d, a, with_domain)) for m, s, d, a in
+                               zip(batch["machine"], batch["section"], batch["domain"], batch["attribute_key"])],
+                              dtype=np.int64)}
 
 
 def train_loop(config: dict) -> None:
@@ -100,27 +105,23 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial model and, above all, the same fixed centres on every rank
     model, loss_fn = bundle.build(bundle_info(cfg, labels))
-    loss_fn = loss_fn.to(device) if loss_fn is not None else None
-    featex_fn = (SubClusterAdaCos(cfg.model.emb_dim, 3 * len(labels), cfg.n_subclusters).to(device)
+    featex_fn = (SubClusterAdaCos(cfg.model.emb_dim, 3 * len(labels), cfg.n_subclusters)
                  if loss_fn is not None and cfg.featex > 0 else None)  # training only: not in the bundle
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
+    # everything on the device first, then the optimizer and the restored state: an optimizer state
+    # loaded before the model moved would stay on the CPU and the first step on a GPU would fail
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    loss_fn = loss_fn.to(device) if loss_fn is not None else None
+    featex_fn = featex_fn.to(device) if featex_fn is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
-        model.load_state_dict(state["model"])
-        if loss_fn is not None:
-            loss_fn.load_state_dict(state["loss"])
-        if featex_fn is not None and state.get("featex"):
-            featex_fn.load_state_dict(state["featex"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-    model = ray.train.torch.prepare_model(model)
-    core = model.module if hasattr(model, "module") else model
+        start_epoch = restore(state, core, loss_fn, featex_fn, opt)
     shard = ray.train.get_dataset_shard("train")
-    amp = device.type == "cuda"
     val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
            if cfg.validation and rank == 0 else None)
 
@@ -137,11 +138,11 @@ def train_loop(config: dict) -> None:
                                               dtypes={"audio": torch.float32, "label": torch.int64}):
             if loss_fn is None:  # the autoencoder: reconstruct normal clips, no labels
                 x = batch["audio"]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(device):
                     loss = model(x).mean()
             else:
                 x, y = mixup(batch["audio"], F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(device):
                     emb = model(x)
                 loss = loss_fn(emb, y)
                 if featex_fn is not None:
@@ -170,6 +171,7 @@ def train_loop(config: dict) -> None:
                   flush=True)
         save = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         if save and rank == 0:
+            record_settings(cfg)  # with the first checkpoint: a run that never got one may restart with others
             with tempfile.TemporaryDirectory() as d:
                 state = {"model": core.state_dict(), "loss": loss_fn.state_dict() if loss_fn else {},
                          "featex": featex_fn.state_dict() if featex_fn else {},
@@ -178,6 +180,20 @@ def train_loop(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)  # a barrier: every worker reports every epoch
+
+
+def restore(state: dict, model: torch.nn.Module, loss_fn: torch.nn.Module | None, featex_fn: torch.nn.Module | None,
+            opt: torch.optim.Optimizer) -> int:
+    """Load a checkpoint's state into modules already on their device and an optimizer built on
+    them (``load_state_dict`` puts the optimizer state on each parameter's device); returns the
+    epoch to start from."""
+    model.load_state_dict(state["model"])
+    if loss_fn is not None:
+        loss_fn.load_state_dict(state["loss"])
+    if featex_fn is not None and state.get("featex"):
+        featex_fn.load_state_dict(state["featex"])
+    opt.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1
 
 
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
@@ -202,18 +218,22 @@ def _maybe_fail(epoch: int, rank: int) -> None:
 
 
 def label_map(cfg: TrainConfig) -> LabelMap:
-    labels = LabelMap.from_clips(dataset.clip_keys(cfg.data, split="train", machine=cfg.machines,
-                                                   options=cfg.storage))
+    """The auxiliary classes of the training clips (metadata only); checks every clip's sample rate."""
+    keys = dataset.clip_keys(cfg.data, split="train", machine=cfg.machines, sample_rate=cfg.sample_rate,
+                             options=cfg.storage)
+    labels = LabelMap.from_clips(class_key(*k, with_domain=cfg.class_domain) for k in keys)
     if len(labels) < 2:
         raise ValueError(f"{cfg.data}: training needs at least 2 auxiliary classes "
-                         f"(machine x section x attributes), found {labels.classes}")
+                         f"(machine x section x attributes{' x domain' if cfg.class_domain else ''}), "
+                         f"found {labels.classes}")
     return labels
 
 
 def training_data(cfg: TrainConfig, labels: LabelMap) -> ray.data.Dataset:
     ds = dataset.read_clips(cfg.data, split="train", machine=cfg.machines, num_samples=cfg.clip_samples,
-                            options=cfg.storage)
-    ds = ds.map_batches(label_batch, fn_kwargs={"classes": labels.classes}, batch_format="numpy")
+                            sample_rate=cfg.sample_rate, options=cfg.storage)
+    ds = ds.map_batches(label_batch, fn_kwargs={"classes": labels.classes, "with_domain": cfg.class_domain},
+                        batch_format="numpy")
     return ds.randomize_block_order(seed=None)
 
 
@@ -249,42 +269,52 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"storage": cfg.storage.resolved()})
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+def _settings(cfg: TrainConfig) -> dict:
+    return cfg.model_dump(mode="json", exclude=RESUMABLE)
+
+
+def record_settings(cfg: TrainConfig) -> None:
+    url = storage.join(cfg.storage_path, cfg.name, SETTINGS_FILE)
+    if not storage.exists(url, cfg.storage):
+        storage.write_bytes_atomic(url, json.dumps(_settings(cfg), indent=1).encode(), cfg.storage)
 
 
 def check_settings(cfg: TrainConfig) -> None:
     """A run resumes only with the settings it was started with (epochs aside): resuming with another
     lr, model or data would silently give a model trained half one way and half another."""
     url = storage.join(cfg.storage_path, cfg.name, SETTINGS_FILE)
-    now = cfg.model_dump(mode="json", exclude=RESUMABLE)
     if not storage.exists(url, cfg.storage):
-        storage.write_bytes_atomic(url, json.dumps(now, indent=1).encode(), cfg.storage)
         return
-    was, new = _flat(json.loads(storage.read_bytes(url, cfg.storage))), _flat(now)
-    changed = [f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in sorted(was.keys() | new.keys())
-               if was.get(k) != new.get(k)]
+    changed = changes({**LEGACY_SETTINGS, **json.loads(storage.read_bytes(url, cfg.storage))}, _settings(cfg))
     if changed:
         raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} was started with other settings ("
                          + "; ".join(changed) + "): resume it with its own settings, or give this run a new name")
 
 
+def epochs_done(cfg: TrainConfig) -> int:
+    """Epochs of the run's latest complete checkpoint (0 for a new run), read before any trainer starts."""
+    fs, run = storage.fsspec_fs(storage.join(cfg.storage_path, cfg.name), cfg.storage)
+    states = sorted(fs.glob(f"{run}/checkpoint_*/{STATE_FILE}"))  # checkpoint names sort by time
+    if not states:
+        return 0
+    with fs.open(states[-1], "rb") as f:
+        return bundle.load_weights(f.read(), states[-1])["epoch"] + 1
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
     cfg = resolved(cfg)
+    check_settings(cfg)  # first: a refused resume reads no data
+    done = epochs_done(cfg)
+    if done > cfg.epochs:
+        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} has {done} epochs done, more than "
+                         f"epochs={cfg.epochs}: ask for at least {done}, or give this run a new name")
     labels = label_map(cfg)
-    check_settings(cfg)
     result = make_trainer(cfg, labels).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
-    if state["epoch"] + 1 != cfg.epochs:
-        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} has {state['epoch'] + 1} epochs done, more than "
-                         f"epochs={cfg.epochs}: ask for at least {state['epoch'] + 1}, or give this run a new name")
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
     training = {"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1, "final": result.metrics,
                 "config": cfg.model_dump(mode="json", exclude={"storage"})}

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from asd_ray import dataset
 from asd_ray.augment import mixup
-from asd_ray.labels import LabelMap
+from asd_ray.labels import class_key
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
-from asd_ray.train import TrainConfig, train
+from asd_ray.train import TrainConfig, label_map, train
 
 
 def plain_loop(cfg: TrainConfig, audio: np.ndarray, labels: np.ndarray, n_classes: int, device: str) -> float:
@@ -74,11 +74,11 @@ def main() -> None:
                progress=False)
     base = TrainConfig(data=f"{root}/data", storage_path=f"{root}/runs", epochs=args.epochs, batch_size=args.batch,
                        clip_seconds=args.seconds, use_gpu=args.gpu)
-    keys = dataset.clip_keys(base.data, split="train")
-    labels = LabelMap.from_clips(keys)
+    labels = label_map(base)
     rows = dataset.read_clips(base.data, split="train", num_samples=base.clip_samples).take_all()
     audio = np.stack([r["audio"] for r in rows])
-    y = np.array([labels.index(r["machine"], r["section"], r["attribute_key"]) for r in rows])
+    y = np.array([labels.index(*class_key(r["machine"], r["section"], r["domain"], r["attribute_key"], True))
+                  for r in rows])
     device = "cuda" if args.gpu else "cpu"
     print(f"data: {len(rows)} clips x {args.seconds:g} s, {len(labels)} classes; batch {args.batch}; "
           f"{args.epochs} epochs; device {device}; {ray.cluster_resources().get('CPU')} CPUs")

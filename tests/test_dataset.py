@@ -106,3 +106,53 @@ def test_killed_writer_leaves_readers_a_consistent_dataset(ray_local, tmp_path, 
     assert not os.path.exists(target)
     assert shards.list_shards(out) == before
     assert read_clips(out, num_samples=100).count() == 40
+
+
+def test_rerun_killed_before_it_completes_leaves_readers_the_old_dataset(ray_local, tmp_path, tiny_synth_config,
+                                                                         monkeypatch):
+    """A re-run writes a new generation of shards; until all are written and published, readers see
+    the old complete set, never old and new clips side by side."""
+    from asd_ray.synth import generate
+
+    out = str(tmp_path / "d")
+    generate.synthesize(tiny_synth_config(out, machines=["fan"]), progress=False)
+    old = shards.list_shards(out)
+    old_ids = sorted(read_clips(out, num_samples=100).to_pandas()["clip_id"])
+
+    def killed(*args, **kwargs):  # the driver dies once every new shard is written, before publishing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "publish", killed)
+    bigger = tiny_synth_config(out, machines=["fan"], counts={"train_source": 40, "train_target": 4,
+                                                              "test_normal": 4, "test_anomaly": 4}, shard_mb=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        generate.synthesize(bigger, progress=False)
+    monkeypatch.undo()
+    on_disk = [f for _, _, fs in os.walk(out) for f in fs if f.endswith(".parquet")]
+    assert len(on_disk) > len(old)  # the new generation is there, unpublished
+    assert shards.list_shards(out) == old
+    assert sorted(read_clips(out, num_samples=100).to_pandas()["clip_id"]) == old_ids
+
+    generate.synthesize(bigger, progress=False)  # the re-run completes it
+    new = shards.list_shards(out)
+    ids = read_clips(out, num_samples=100).to_pandas()["clip_id"]
+    assert len(ids) == len(set(ids)) == 40 + 4 + 2 * (4 + 4) and not set(new) & set(old)
+    on_disk = sorted(os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".parquet"))
+    assert on_disk == new  # the replaced generation and the killed run's shards are gone
+
+
+def test_a_machine_name_that_is_no_safe_file_name_is_refused_on_read(ray_local, tmp_path, tiny_synth_config):
+    """Shards written by another tool are read too: a machine `../../x` must never reach a file name."""
+    import pyarrow as pa
+
+    from asd_ray.synth.generate import synthesize
+
+    out = str(tmp_path / "d")
+    synthesize(tiny_synth_config(out, machines=["fan"]), progress=False)
+    victim = shards.list_shards(out, "test")[0]
+    table = pq.read_table(victim)
+    table = table.set_column(table.schema.get_field_index("machine"), "machine",
+                             pa.array(["../../x"] * table.num_rows, pa.string()))
+    pq.write_table(table, victim)  # not through write_shard, which refuses it
+    with pytest.raises(Exception, match=f"{victim}: clip fan/test/\\S+: machine='../../x': expected letters"):
+        read_clips(out, split="test", num_samples=100).take_all()

@@ -53,7 +53,15 @@ def test_official_score_is_the_harmonic_mean_floored_at_epsilon():
     assert metrics.official_score(rows) == pytest.approx(hmean([0.9, 0.8, 0.6, 0.5, 0.7, 0.55]))
     rows[0]["auc_target"] = 0.0
     assert metrics.official_score(rows) == pytest.approx(hmean([0.9, 0.8, sys.float_info.epsilon, 0.5, 0.7, 0.55]))
-    assert math.isnan(metrics.section_metrics(np.zeros(4), np.array(["source"] * 4), np.arange(4.0))["pauc"])
+    # a metric that cannot be computed is an error naming where, never a value left out of the mean
+    with pytest.raises(metrics.MetricError, match="fan section 03 source: AUC needs normal and anomalous clips, "
+                                                  "found 4 normal and 0 anomalous"):
+        metrics.section_metrics(np.zeros(4), np.array(["source"] * 4), np.arange(4.0), machine="fan", section="03")
+    # a section without target normal clips (what a validation budget of source clips gave): target AUC is undefined
+    with pytest.raises(metrics.MetricError, match="pump section 00 target: AUC needs .* found 0 normal and 4"):
+        metrics.section_metrics(LABELS[:8], DOMAINS[:8], np.arange(8.0), machine="pump", section="00")
+    with pytest.raises(metrics.MetricError, match="every section"):
+        metrics.official_score([{"auc_source": 0.9, "auc_target": math.nan, "pauc": 0.7}])
 
 
 def _scores_table(n_sections=2):
@@ -74,11 +82,67 @@ def test_evaluate_table_per_machine_and_overall():
     assert per_machine["pump"] < 1.0 and overall == pytest.approx(
         metrics.official_score(rows))
     md = markdown_table(rows, per_machine, overall)
-    assert md.count("\n") == 2 + 4 + 1 and "| fan | 00 | 100.00 | 100.00 | 100.00 | 100.00 |" in md
+    assert "| fan | 00 | 100.00 | 100.00 | 100.00 |" in md
+    # per machine type the evaluator's own numbers: arithmetic and harmonic means of each column
+    means = metrics.machine_means(rows)
+    pump = [r for r in rows if r["machine"] == "pump"]
+    assert means["pump"]["mean_auc_target"] == pytest.approx(np.mean([r["auc_target"] for r in pump]))
+    assert means["pump"]["hmean_pauc"] == pytest.approx(hmean([r["pauc"] for r in pump]))
+    assert (f"| pump | arithmetic mean | {100 * means['pump']['mean_auc_source']:.2f} | "
+            f"{100 * means['pump']['mean_auc_target']:.2f} | {100 * means['pump']['mean_pauc']:.2f} |") in md
+    # asd_ray's harmonic mean of all the machine's values is labelled as its own, not as an official score
+    assert "harmonic mean of its AUC (source), AUC (target) and pAUC values (asd_ray)" in md
+    assert f"| pump | {100 * per_machine['pump']:.2f} |" in md and f"**{100 * overall:.2f}**" in md
 
 
 def test_evaluate_refuses_unlabelled_scores():
     table = _scores_table()
     table = table.set_column(table.schema.get_field_index("label"), "label", pa.nulls(table.num_rows, pa.string()))
-    with pytest.raises(ValueError, match="no label or no domain"):
+    with pytest.raises(ValueError, match="64 of 64 clips have no label or no domain .* give ground_truth="):
         evaluate_table(table)
+
+
+def _eval_set(root):
+    """A scored evaluation set (no domain, no label) and the evaluator's ground truth for it."""
+    from asd_ray import storage
+
+    table = _scores_table(n_sections=1)
+    d = table.to_pydict()
+    full = [c.rsplit("/", 1)[-1] for c in d["clip_id"]]
+    d["clip_id"] = [f"{m}/test/section_00_{i % 16:04d}" for i, m in enumerate(d["machine"])]
+    for machine in ("fan", "pump"):
+        idx = [i for i, m in enumerate(d["machine"]) if m == machine]
+        for folder, value in (("ground_truth_data", lambda i: int(d["label"][i] == "anomaly")),
+                              ("ground_truth_domain", lambda i: int(d["domain"][i] == "target")),
+                              ("ground_truth_attributes", lambda i: full[i])):
+            text = "".join(f"section_00_{i % 16:04d}.wav,{value(i)}\n" for i in idx)
+            storage.write_bytes_atomic(f"{root}/{folder}/ground_truth_{machine}_section_00_test.csv", text.encode())
+    labelled = pa.Table.from_pydict(d)
+    unlabelled = labelled.set_column(labelled.schema.get_field_index("domain"), "domain",
+                                     pa.nulls(labelled.num_rows, pa.string()))
+    unlabelled = unlabelled.set_column(unlabelled.schema.get_field_index("label"), "label",
+                                       pa.nulls(labelled.num_rows, pa.string()))
+    return labelled, unlabelled
+
+
+def test_ground_truth_files_label_an_evaluation_set(tmp_path):
+    from asd_ray import ground_truth, storage
+
+    root = str(tmp_path / "gt")
+    labelled, unlabelled = _eval_set(root)
+    filled = ground_truth.apply(unlabelled, root)
+    assert filled.equals(labelled)
+    assert evaluate_table(filled) == evaluate_table(labelled)
+    # the same set scored under its full (dev-style) names is found through the name map
+    full_names = unlabelled.set_column(0, "clip_id", _scores_table(1)["clip_id"])  # fan/test/section_00_source_0...
+    assert ground_truth.apply(full_names, root)["label"].equals(labelled["label"])
+    # a scored clip without ground truth, and ground truth without a score, are errors naming the file
+    with pytest.raises(ValueError, match="ground_truth_data/ground_truth_fan_section_00_test.csv: 1 clips have "
+                                         "ground truth but no score"):
+        ground_truth.apply(unlabelled.slice(1), root)
+    storage.write_bytes_atomic(f"{root}/ground_truth_domain/ground_truth_pump_section_00_test.csv", b"x.wav,2\n")
+    with pytest.raises(ValueError, match="ground_truth_pump_section_00_test.csv: line 1 is .* expected "
+                                         "<file>.wav,0|1"):
+        ground_truth.apply(unlabelled, root)
+    with pytest.raises(FileNotFoundError, match="ground_truth_gear_section_00_test.csv: no such ground-truth file"):
+        ground_truth.apply(unlabelled.set_column(1, "machine", pa.array(["gear"] * unlabelled.num_rows)), root)

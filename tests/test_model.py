@@ -1,13 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from asd_ray.augment import feature_exchange, mixup, spec_augment
-from asd_ray.labels import LabelMap
+from asd_ray.labels import LabelMap, class_key
 from asd_ray.loss import SubClusterAdaCos
-from asd_ray.model import DualStreamNet, ModelConfig
+from asd_ray.model import DualStreamNet, ModelConfig, autocast
 
 SR = 16000
 SMALL = ModelConfig(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
@@ -161,20 +162,70 @@ def test_feature_exchange_swaps_the_spectrogram_half_and_relabels():
     assert 0 < swapped < 1
 
 
-def test_bf16_autocast_matches_float32():
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_autocast_matches_float32_on_cuda():
+    """What the product does: bf16 autocast on CUDA only (``model.autocast``), with the default
+    two-channel FFT input."""
     torch.manual_seed(0)
-    model, loss_fn = DualStreamNet(SMALL).eval(), SubClusterAdaCos(32, 3, 4)
+    device = torch.device("cuda")
+    model, loss_fn = DualStreamNet(SMALL).to(device).eval(), SubClusterAdaCos(32, 3, 4).to(device)
     x, labels = tones(3, 3)
+    x, labels = x.to(device), labels.to(device)
     with torch.no_grad():
         ref = model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(device):
             low = model(x)
     assert F.cosine_similarity(ref, low.float()).min() > 0.98
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast(device):
         loss = loss_fn(model(x), F.one_hot(labels, 3).float())
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
+
+
+def test_no_job_autocasts_on_the_cpu(tmp_path):
+    """torch 2.13's CPU bf16 Conv1d (2 input channels, kernel 256) is wrong through oneDNN on CPUs
+    with AMX: training and scoring never enable CPU autocast."""
+    from asd_ray.bundle import BundleInfo, save_bundle, weights_bytes
+    from asd_ray.score import Embedder
+
+    with autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+    info = BundleInfo(model=SMALL, labels=LabelMap(classes=["a", "b"]), n_subclusters=2, sample_rate=SR,
+                      clip_samples=SR // 2)
+    save_bundle(str(tmp_path / "b"), info, weights_bytes(DualStreamNet(SMALL), SubClusterAdaCos(32, 2, 2)))
+    embedder = Embedder(str(tmp_path / "b"), {}, use_gpu=False)
+    seen = []
+    embedder.model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    x, _ = tones(1, 2)
+    batch = {"clip_id": np.array(["fan/test/a", "fan/test/b"], object), "machine": np.array(["fan"] * 2, object),
+             "section": np.array(["00"] * 2, object), "domain": np.array([None, None], object),
+             "label": np.array([None, None], object), "audio": (x.numpy() * 32767).astype(np.int16)}
+    out = embedder(batch)
+    assert seen == [False] and out.num_rows == 2 and out["domain"].null_count == 2
+
+
+def test_resume_puts_optimizer_state_on_the_models_device():
+    """The restored optimizer state follows the parameters' device (here the meta device stands in
+    for a GPU): the model is moved first, then the optimizer built and its state loaded."""
+    from asd_ray.train import restore
+
+    torch.manual_seed(0)
+    model, loss_fn = DualStreamNet(SMALL), SubClusterAdaCos(32, 3, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, labels = tones(2, 3)
+    loss_fn(model(x), F.one_hot(labels, 3).float()).backward()
+    opt.step()
+    state = {"model": model.state_dict(), "loss": loss_fn.state_dict(), "featex": {},
+             "optimizer": opt.state_dict(), "epoch": 4}
+    device = torch.device("meta")
+    moved, moved_loss = DualStreamNet(SMALL).to(device), SubClusterAdaCos(32, 3, 4).to(device)
+    moved_opt = torch.optim.AdamW(moved.parameters(), lr=1e-3)
+    assert restore(state, moved, moved_loss, None, moved_opt) == 5
+    tensors = [v for s in moved_opt.state.values() for k, v in s.items() if k != "step"]
+    assert tensors and all(t.device == device for t in tensors)
+    assert moved_loss.scale.device == device
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -203,6 +254,17 @@ def test_label_map_is_stable_and_names_unknown_classes():
     with pytest.raises(KeyError, match="fan\\|01\\|speed=900"):
         a.index("fan", "01", "speed=900")
     assert LabelMap.model_validate_json(a.model_dump_json()).classes == a.classes
+
+
+def test_classes_include_the_domain_where_attributes_are_hidden():
+    """DCASE 2024/2025 hide the attributes of several machine types (noAttribute): with the domain
+    in the class key a section's source and target clips are still two classes."""
+    clips = [("valve", "00", "source", ""), ("valve", "00", "target", ""), ("valve", "00", None, "")]
+    with_domain = LabelMap.from_clips(class_key(*c, with_domain=True) for c in clips)
+    assert with_domain.classes == ["valve|00|source|", "valve|00|target|", "valve|00|unknown|"]
+    assert with_domain.index(*class_key("valve", "00", "target", "", True)) == 1
+    without = LabelMap.from_clips(class_key(*c, with_domain=False) for c in clips)
+    assert without.classes == ["valve|00|"]  # as runs before it: one class, and so no auxiliary task at all
 
 
 def test_version_1_bundle_keeps_the_features_it_was_trained_with(tmp_path):

@@ -51,3 +51,16 @@ def test_unknown_labels_are_allowed_as_null():
     rows = _rows(1)
     rows[0].update(label=None, domain=None, split="test")
     schema.validate_rows(schema.clips_table(rows), "x")
+
+
+@pytest.mark.parametrize("column,value", [("machine", "../../x"), ("machine", "fan_2"), ("machine", ""),
+                                          ("section", "0"), ("section", "../00")])
+def test_names_that_would_become_unsafe_file_names_are_refused(column, value):
+    rows = _rows(3)
+    rows[2][column] = value
+    table = schema.clips_table(rows)
+    with pytest.raises(schema.SchemaError, match=f"shard.parquet: row 2 \\(fan/train/c2\\): {column}={value!r}: "
+                                                  "expected"):
+        schema.validate_rows(table, "shard.parquet")
+    schema.validate_rows(schema.clips_table(_rows(3)), "shard.parquet")  # DCASE-style names pass
+    assert schema.name_problem("machine", "ToyCar-2") is None and schema.name_problem("section", "07") is None

@@ -152,3 +152,48 @@ def test_bundle_and_data_mismatch_is_a_clear_error(trained):
     assert not storage.exists(f"{B}/out-8k/manifest.json")
     with pytest.raises(Exception, match="no bundle.json"):
         run_score(ScoreConfig(bundle=f"{B}/data", data=f"{B}/data", out=f"{B}/out-x"))
+
+
+def test_evaluation_layout_scores_without_labels_and_evaluates_with_ground_truth(trained):
+    """The everyday job: new recordings without domain or label (DCASE evaluation layout,
+    ``test/section_00_0000.wav``), ingested, scored, then evaluated with the evaluator's ground truth."""
+    from asd_ray.ingest import IngestConfig, ingest
+
+    fs, _ = storage.fsspec_fs(B)
+    dev = f"{B}/eval-dev"
+    synthesize(SynthConfig(out=dev, format="wav", clip_seconds=1.0, machines=["fan"],
+                           counts=Counts(train_source=6, train_target=2, test_normal=3, test_anomaly=3)),
+               progress=False)
+    tests = sorted(p for p in fs.find(f"{dev[5:]}/fan/test") if p.endswith(".wav"))
+    gt = {"ground_truth_data": [], "ground_truth_domain": [], "ground_truth_attributes": []}
+    for i, path in enumerate(tests):  # renamed as the evaluation set is, the truth kept aside
+        full = path.rsplit("/", 1)[-1][:-4]
+        name = f"section_00_{i:04d}.wav"
+        fs.mv(path, f"{dev[5:]}/fan/test/{name}")
+        gt["ground_truth_data"].append(f"{name},{int('_anomaly_' in full)}")
+        gt["ground_truth_domain"].append(f"{name},{int('_target_' in full)}")
+        gt["ground_truth_attributes"].append(f"{name},{full}")
+    for folder, lines in gt.items():
+        storage.write_bytes_atomic(f"{B}/gt/{folder}/ground_truth_fan_section_00_test.csv",
+                                   ("\n".join(lines) + "\n").encode())
+    assert ingest(IngestConfig(src=dev, dest=f"{B}/eval-clips"), progress=False)["rejected"] == 0
+
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/eval-clips", out=f"{B}/out-eval",
+                      references_to=f"{B}/out-eval/refs.npz")
+    assert run_score(cfg)["scored"] == 12
+    table = read_scores(cfg.out)
+    assert table["domain"].null_count == table["label"].null_count == 12  # unknown, not NaN
+    assert set(table["decision"].to_pylist()) <= {0, 1} and np.isfinite(table["score"].to_numpy()).all()
+    rows = list(csv.reader(io.StringIO(storage.read_bytes(f"{cfg.out}/anomaly_score_fan_section_00_test.csv")
+                                       .decode())))
+    assert sorted(r[0] for r in rows) == [f"section_00_{i:04d}.wav" for i in range(12)]
+
+    with pytest.raises(ValueError, match="needs labels: give ground_truth="):
+        run_evaluate(EvaluateConfig(scores=cfg.out))
+    assert cli.main(["evaluate", "--scores", cfg.out, f"ground_truth={B}/gt"]) == 0
+    result = run_evaluate(EvaluateConfig(scores=cfg.out, ground_truth=f"{B}/gt"))
+    truth = dict(line.split(",") for line in gt["ground_truth_data"])
+    names = [c.rsplit("/", 1)[-1] + ".wav" for c in table["clip_id"].to_pylist()]
+    expected = roc_auc_score([int(truth[n]) for n in names], table["score"].to_numpy(), max_fpr=0.1)
+    assert result["rows"][0]["pauc"] == pytest.approx(expected)
+    assert storage.exists(f"{cfg.out}/evaluation/report.md")

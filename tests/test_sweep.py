@@ -82,6 +82,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_data,
     assert 1 <= len(done) < 3, first["trials"]  # interrupted part way
     lines = {t: _result_lines(os.path.join(cfg.experiment_url, t)) for t in done}
 
+    # resumed with another base config or space: refused before any trial goes on, every change named
+    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 4}),
+                                     "space": {**cfg.space, "mixup_alpha": cfg.space["lr"]}})
+    with pytest.raises(ValueError, match=r"sweep 'resume' .* other settings \(space\.mixup_alpha\.choice: \[0\.0, "
+                                         r"0\.2\] -> None; .*train\.batch_size: 8 -> 4\)"):
+        run_sweep(changed)
     second = run_sweep(cfg)
     assert len(second["trials"]) == 3 and (second["trials"]["epochs"] == 2).all(), second["trials"]
     for trial, n in lines.items():  # finished trials were not run again

@@ -25,9 +25,13 @@ def test_plan_counts_and_shard_size_do_not_change_audio(tiny_synth_config):
     cfg = tiny_synth_config("out")
     blocks = plan(cfg)
     assert sum(b.count for b in blocks) == 2 * (20 + 4 + 2 * (4 + 4))
-    small = shard_jobs(cfg.model_copy(update={"shard_mb": 0.3}), blocks)
-    big = shard_jobs(cfg, blocks)
+    small = shard_jobs(cfg.model_copy(update={"shard_mb": 0.3}), blocks, "g1")
+    big = shard_jobs(cfg, blocks, "g1")
     assert len(small) > len(big) == 4  # one shard per (split, machine) at 64 MB
+    # indices count within each partition: a partition's names do not depend on the others
+    assert sorted(u.rsplit("/", 3)[-1] for u, _ in big) == ["synth-00000-g1.parquet"] * 4
+    assert {u.rsplit("/", 1)[-1] for u, _ in small if "split=train/machine=pump/" in u} >= {
+        "synth-00000-g1.parquet", "synth-00001-g1.parquet"}
     assert sorted(b for _, bl in small for b in bl) == sorted(b for _, bl in big for b in bl)
 
 

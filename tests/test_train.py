@@ -61,6 +61,9 @@ def test_train_on_s3_checkpoints_and_resumes(train_data):
         train(_cfg(train_data, "resume", epochs=8, lr=1e-3, model={**TINY_MODEL, "emb_dim": 16}))
     with pytest.raises(ValueError, match="has 6 epochs done, more than epochs=5"):
         train(_cfg(train_data, "resume", epochs=5))
+    # the settings are checked first: a refused resume reads no data (this data does not exist)
+    with pytest.raises(ValueError, match="data: 's3://asd-train/data' -> 's3://asd-train/nowhere'"):
+        train(_cfg("s3://asd-train/nowhere", "resume", epochs=8))
     assert bundle.load_bundle(first["bundle"])[2].training["epochs"] == 6  # the bundle of the 6-epoch run stays
 
 
@@ -88,3 +91,39 @@ def test_bad_inputs_are_clear_errors(train_data, tmp_path):
         train(_cfg(str(tmp_path / "nothing"), "none"))
     with pytest.raises(bundle.BundleError, match="no bundle.json"):
         bundle.load_bundle(str(tmp_path))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_restarts_with_corrected_settings(train_data):
+    """Settings are recorded with the first checkpoint: a run that never got one is no run to resume."""
+    broken = _cfg(train_data, "startup", epochs=1, num_workers=1, max_failures=0,
+                  model={**TINY_MODEL, "n_fft": 65536})  # longer than a 1 s clip: the first step fails
+    with pytest.raises(Exception, match="[Pp]adding|n_fft|size"):
+        train(broken)
+    assert not storage.exists("s3://asd-train/runs/startup/settings.json")
+    fixed = train(_cfg(train_data, "startup", epochs=1, num_workers=1))
+    assert fixed["metrics"]["epochs_done"] == 1
+    assert storage.exists("s3://asd-train/runs/startup/settings.json")
+
+
+def test_training_checks_the_sample_rate_before_it_starts(train_data):
+    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+
+    synthesize(SynthConfig(out="s3://asd-train/8k", sample_rate=8000, clip_seconds=1.0, machines=["fan"],
+                           counts=Counts(train_source=4, train_target=2, test_normal=0, test_anomaly=0)),
+               progress=False)
+    with pytest.raises(Exception, match=r"asd-train/8k/split=train/machine=fan/\S+\.parquet: clip fan/train/"
+                                        r"\S+ has sample rate 8000 Hz, expected 16000 Hz"):
+        train(_cfg("s3://asd-train/8k", "8k"))
+    fs, _ = storage.fsspec_fs("s3://asd-train/runs")
+    assert not fs.exists("asd-train/runs/8k")  # refused before anything was started or written
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_a_gpu(train_data):
+    """The optimizer state restored on the GPU: the first step after a resume used to fail with
+    tensors on two devices."""
+    first = train(_cfg(train_data, "gpu-resume", epochs=1, num_workers=1, use_gpu=True))
+    assert first["metrics"]["epochs_done"] == 1
+    resumed = train(_cfg(train_data, "gpu-resume", epochs=2, num_workers=1, use_gpu=True))
+    assert resumed["metrics"]["start_epoch"] == 1 and resumed["metrics"]["epochs_done"] == 2

@@ -136,22 +136,23 @@ def _background(rng, domain: str, n: int, T: int, sr: int) -> np.ndarray:
     return dsp.unit_rms(bg)
 
 
-def shard_jobs(cfg: SynthConfig, blocks: list[Block]) -> list[tuple[str, list[Block]]]:
-    """Group blocks into shards of about ``shard_mb`` per (split, machine) partition, named stably."""
+def shard_jobs(cfg: SynthConfig, blocks: list[Block], generation: str) -> list[tuple[str, list[Block]]]:
+    """Group blocks into shards of about ``shard_mb`` per (split, machine) partition, named per
+    partition (see :mod:`asd_ray.shards`)."""
     per_shard = shards.rows_per_shard(cfg.shard_mb, cfg.num_samples)
-    jobs = []
+    chunks = []
     for split in schema.SPLITS:
         for machine in cfg.machines:
             part = [b for b in blocks if b.split == split and b.machine == machine]
             current: list[Block] = []
             for b in part:
                 if current and sum(x.count for x in current) + b.count > per_shard:
-                    jobs.append((shards.shard_url(cfg.out, split, machine, f"synth-{len(jobs):05d}"), current))
+                    chunks.append((split, machine, current))
                     current = []
                 current.append(b)
             if current:
-                jobs.append((shards.shard_url(cfg.out, split, machine, f"synth-{len(jobs):05d}"), current))
-    return jobs
+                chunks.append((split, machine, current))
+    return shards.partition_shard_urls(cfg.out, "synth", generation, chunks)
 
 
 def write_job(cfg: SynthConfig, url: str, blocks: list[Block]) -> list[str]:
@@ -176,7 +177,7 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> dict:
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     t0 = time.time()
     blocks = plan(cfg)
-    jobs = shard_jobs(cfg, blocks)
+    jobs = shard_jobs(cfg, blocks, shards.new_generation())
     task = ray.remote(num_cpus=1)(write_job)
     pending = [task.remote(cfg, url, job_blocks) for url, job_blocks in jobs]
     written: list[str] = []
@@ -188,8 +189,8 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> dict:
                   end="", flush=True)
     if progress:
         print()
-    if cfg.format == "parquet":
-        shards.remove_stale(cfg.out, set(written), {(s, m) for s in schema.SPLITS for m in cfg.machines}, cfg.storage)
+    if cfg.format == "parquet":  # the new shards become the live set at once, the old ones go
+        shards.publish(cfg.out, written, {(s, m) for s in schema.SPLITS for m in cfg.machines}, cfg.storage)
     counts: dict[str, int] = {}
     for b in blocks:
         key = f"{b.machine}/{b.split}/{b.domain}/{b.label}"
