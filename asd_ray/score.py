@@ -18,9 +18,10 @@ distribution fitted to the training clips' scores per machine and section, at
 
 Test clips need no domain or label (the everyday case: new recordings, the DCASE evaluation
 set); those stay null in the outputs. Outputs under ``out``: ``scores.parquet`` (clip_id,
-machine, section, domain, label, score, decision), the DCASE submission files ``anomaly_score_<machine>_section_<XX>_test.csv`` and
-``decision_result_<machine>_section_<XX>_test.csv``, ``unscored.csv`` (clips whose machine/section
-has no reference: reported, never scored) and, written last, ``manifest.json``. A run first removes
+machine, section, domain, label, score, decision), the DCASE submission files
+``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_<machine>_section_<XX>_test.csv``,
+``unscored.csv`` (clips whose machine/section has no reference: reported, never scored) and, written
+last, ``manifest.json``. A run first removes
 the old manifest, so an output folder with a manifest is always complete.
 """
 

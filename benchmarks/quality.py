@@ -37,6 +37,9 @@ def main() -> None:
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--train-clips", type=int, default=None, help="source training clips per section "
                                                                    "(default: the synthetic default, 990)")
+    p.add_argument("--hidden-attributes", action="store_true",
+                   help="synthesize the clips without attribute names (noAttribute), as DCASE 2024/2025 do for "
+                        "several machine types")
     p.add_argument("--epochs", type=int, default=6, help="dual-stream epochs")
     p.add_argument("--ae-epochs", type=int, default=50, help="autoencoder epochs")
     p.add_argument("--batch-size", type=int, default=64)
@@ -53,7 +56,8 @@ def main() -> None:
     data = storage.join(args.out, "data")
     counts = Counts() if args.train_clips is None else Counts(train_source=args.train_clips)
     if not storage.exists(storage.join(data, "_manifest.json")):
-        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts))
+        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts,
+                                   named_attributes=not args.hidden_attributes))
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)

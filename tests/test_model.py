@@ -206,6 +206,7 @@ def test_no_job_autocasts_on_the_cpu(tmp_path):
     assert seen == [False] and out.num_rows == 2 and out["domain"].null_count == 2
 
 
+@pytest.mark.filterwarnings("ignore:.*meta parameter")  # copying weights into meta tensors is a no-op, by design
 def test_resume_puts_optimizer_state_on_the_models_device():
     """The restored optimizer state follows the parameters' device (here the meta device stands in
     for a GPU): the model is moved first, then the optimizer built and its state loaded."""
@@ -228,6 +229,7 @@ def test_resume_puts_optimizer_state_on_the_models_device():
     assert moved_loss.scale.device == device
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_forward_backward_matches_cpu():
     torch.manual_seed(0)

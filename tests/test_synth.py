@@ -125,3 +125,13 @@ def test_rerun_replaces_without_duplicates(ray_local, tiny_synth_config, tmp_pat
     assert len(few) < len(many)
     ids = [i for u in few for i in pq.read_table(u, columns=["clip_id"])["clip_id"].to_pylist()]
     assert len(ids) == len(set(ids)) == 80
+
+
+def test_hidden_attributes_change_the_names_not_the_sound(tiny_synth_config):
+    block = Block("fan", 0, "train", "target", "normal", 0, 4)
+    named = render_block(tiny_synth_config("out"), block)
+    hidden = render_block(tiny_synth_config("out", named_attributes=False), block)
+    assert [r["audio"] for r in hidden] == [r["audio"] for r in named]
+    for row in hidden:
+        assert row["attributes"] == {} and row["clip_id"].endswith("_noAttribute")
+        assert parse_name("fan", "train", row["clip_id"].split("/")[-1])["attributes"] == {}

@@ -7,6 +7,8 @@ import pytest
 from asd_ray import schema, shards
 from asd_ray.validate import ValidationConfig, choose, load_validation, read_rows
 
+real_list = shards.list_shards
+
 
 def _clips(split: str, n: int, start: int = 0) -> list[dict]:
     """DCASE naming order: source anomalies, source normals, then target clips (as in a real shard)."""
@@ -55,9 +57,6 @@ def test_budget_holds_both_domains_and_labels_seeded(data, monkeypatch):
     # the audio belongs to the chosen clip
     ids = [r for s in sorted(a) for r in a[s]]
     assert len(ids) == 16 and read_rows(a, 50, None)["audio"].shape == (16, 50)
-
-
-real_list = shards.list_shards
 
 
 def test_budget_without_labels_is_a_clear_error(tmp_path):
