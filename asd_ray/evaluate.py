@@ -68,15 +68,17 @@ def evaluate_table(table: pa.Table) -> tuple[list[dict], dict[str, float], float
 
 
 def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: float) -> str:
-    """Per section, then per machine type the evaluator's arithmetic and harmonic means of each
-    column (the numbers its own tables print), and asd_ray's harmonic mean of all the machine's
-    values, labelled as such: the evaluator has no per-machine "official score"."""
+    """Per section, then per machine type with several sections the evaluator's arithmetic and
+    harmonic means of each column (the numbers its own tables print; with one section they are its
+    row), and asd_ray's harmonic mean of all the machine's values, labelled as such: the evaluator
+    has no per-machine "official score"."""
     means = metrics.machine_means(rows)
     lines = ["| machine | section | AUC (source) | AUC (target) | pAUC |", "|---|---|---|---|---|"]
     for m in sorted(per_machine):
-        for r in (r for r in rows if r["machine"] == m):
+        sections = [r for r in rows if r["machine"] == m]
+        for r in sections:
             lines.append(f"| {m} | {r['section']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in COLUMNS) + " |")
-        for kind, name in (("mean", "arithmetic mean"), ("hmean", "harmonic mean")):
+        for kind, name in (("mean", "arithmetic mean"), ("hmean", "harmonic mean")) if len(sections) > 1 else ():
             lines.append(f"| {m} | {name} | " + " | ".join(f"{100 * means[m][f'{kind}_{c}']:.2f}" for c in COLUMNS)
                          + " |")
     lines += ["", "| machine | harmonic mean of its AUC (source), AUC (target) and pAUC values (asd_ray) |",

@@ -93,6 +93,8 @@ def test_evaluate_table_per_machine_and_overall():
     # asd_ray's harmonic mean of all the machine's values is labelled as its own, not as an official score
     assert "harmonic mean of its AUC (source), AUC (target) and pAUC values (asd_ray)" in md
     assert f"| pump | {100 * per_machine['pump']:.2f} |" in md and f"**{100 * overall:.2f}**" in md
+    one_section = evaluate_table(_scores_table(n_sections=1))
+    assert "arithmetic mean" not in markdown_table(*one_section)  # with one section the means are its row
 
 
 def test_evaluate_refuses_unlabelled_scores():
