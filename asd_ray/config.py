@@ -101,3 +101,11 @@ def changes(was: dict, now: dict) -> list[str]:
     was, now = flatten(was), flatten(now)
     return [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
             if was.get(k) != now.get(k)]
+
+
+def refuse_changes(was: dict, now: dict, what: str) -> None:
+    """A resumed run or sweep (``what``) keeps the settings it was started with: stop, listing every change."""
+    changed = changes(was, now)
+    if changed:
+        raise ValueError(f"{what} was started with other settings (" + "; ".join(changed)
+                         + "): resume it with its own settings, or give it a new name")

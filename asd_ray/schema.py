@@ -74,6 +74,16 @@ def name_problem(column: str, value: object) -> str | None:
     return f"{column}={value!r}: expected {expected}"
 
 
+def bad_name(table: pa.Table) -> tuple[int, str] | None:
+    """The first row whose machine or section value could not be a file name, and why; None if none."""
+    for column in NAME_RULES:
+        for value in pc.unique(table.column(column)).to_pylist():
+            problem = name_problem(column, value)
+            if problem:
+                return table.column(column).to_pylist().index(value), problem
+    return None
+
+
 def check_name(column: str, value: object, source: str) -> str:
     """``value`` if it is a valid ``machine`` / ``section`` value, else an error naming ``source``."""
     problem = name_problem(column, value)
@@ -102,12 +112,10 @@ def validate_schema(schema: pa.Schema, source: str) -> None:
 def validate_rows(table: pa.Table, source: str) -> None:
     """Check the values the types cannot: machine and section names, allowed labels/domains/splits
     and audio lengths."""
-    for column in NAME_RULES:
-        for value in pc.unique(table.column(column)).to_pylist():
-            problem = name_problem(column, value)
-            if problem:
-                row = table.column(column).to_pylist().index(value)
-                raise SchemaError(f"{source}: row {row} ({table['clip_id'][row]}): {problem}")
+    bad = bad_name(table)
+    if bad:
+        row, problem = bad
+        raise SchemaError(f"{source}: row {row} ({table['clip_id'][row]}): {problem}")
     for column, allowed, nullable in (("domain", DOMAINS, True), ("split", SPLITS, False), ("label", LABELS, True)):
         values = table.column(column).to_pylist()
         for row, value in enumerate(values):

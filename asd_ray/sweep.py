@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from asd_ray import shards, storage
-from asd_ray.config import JobConfig, changes, deep_merge, parse_overrides
+from asd_ray.config import JobConfig, deep_merge, parse_overrides, refuse_changes
 from asd_ray.labels import LabelMap
 from asd_ray.storage import StorageOptions
 from asd_ray.train import RESUMABLE, SETTINGS_FILE, TrainConfig, label_map, make_trainer, resolved
@@ -173,13 +173,9 @@ def _tuner(cfg: SweepConfig, trainable, metric: str, mode: str, callbacks: list 
     fs, path = storage.pyarrow_fs(cfg.experiment_url, cfg.storage)
     settings_url = storage.join(cfg.experiment_url, SETTINGS_FILE)
     if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
-        was = json.loads(storage.read_bytes(settings_url, cfg.storage)) if storage.exists(settings_url,
-                                                                                          cfg.storage) else None
-        changed = changes(was, _settings(cfg)) if was is not None else []
-        if changed:
-            raise ValueError(f"sweep '{cfg.name}' in {cfg.storage_path} was started with other settings ("
-                             + "; ".join(changed) + "): resume it with its own settings, or give this sweep a "
-                             "new name")
+        if storage.exists(settings_url, cfg.storage):
+            refuse_changes(json.loads(storage.read_bytes(settings_url, cfg.storage)), _settings(cfg),
+                           f"sweep '{cfg.name}' in {cfg.storage_path}")
         print(f"tune: resuming sweep '{cfg.name}' from {cfg.experiment_url}", flush=True)
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=fs)

@@ -27,7 +27,7 @@ from pydantic import Field
 from asd_ray import bundle, dataset, storage
 from asd_ray.augment import feature_exchange, mixup
 from asd_ray.autoencoder import AEConfig
-from asd_ray.config import JobConfig, changes
+from asd_ray.config import JobConfig, refuse_changes
 from asd_ray.labels import LabelMap, class_key
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig, autocast
@@ -285,10 +285,8 @@ def check_settings(cfg: TrainConfig) -> None:
     url = storage.join(cfg.storage_path, cfg.name, SETTINGS_FILE)
     if not storage.exists(url, cfg.storage):
         return
-    changed = changes({**LEGACY_SETTINGS, **json.loads(storage.read_bytes(url, cfg.storage))}, _settings(cfg))
-    if changed:
-        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} was started with other settings ("
-                         + "; ".join(changed) + "): resume it with its own settings, or give this run a new name")
+    refuse_changes({**LEGACY_SETTINGS, **json.loads(storage.read_bytes(url, cfg.storage))}, _settings(cfg),
+                   f"run '{cfg.name}' in {cfg.storage_path}")
 
 
 def epochs_done(cfg: TrainConfig) -> int:
