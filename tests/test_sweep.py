@@ -4,6 +4,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 from ray.tune import Callback
 
@@ -42,8 +43,13 @@ def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, 
     table = result["trials"]
     assert result["metric"] == "official_score" and result["mode"] == "max"  # labelled test clips exist
     assert len(table) == 4 and result["errors"] == 0
-    assert table["stopped_early"].any(), table  # ASHA cut at least one trial short
-    assert (table["epochs"] == 3).any() and (table["epochs"] < 3).any()
+    # which trials ASHA cuts depends on noisy scores of tiny models (and so on the CPU); what must hold
+    # on every machine is that the cuts are ASHA's rule applied to the objective the trials reported
+    expected = _asha_epochs([_history(os.path.join(str(tmp_path / "tune" / "asha"), t)) for t in table["trial"]],
+                            max_t=3, reduction_factor=2)
+    assert list(table["epochs"]) == expected, table
+    assert list(table["stopped_early"]) == [n < 3 for n in expected], table
+    assert (table["epochs"] == 3).any()
     assert table["official_score"].between(0, 1).all()
     assert result["best"] == table["official_score"].max()
     for key in ("results_csv", "results_md", "plot", "best_config"):
@@ -54,6 +60,35 @@ def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, 
     assert best.mixup_alpha == result["best_params"]["mixup_alpha"]
     trained = train(best)
     assert os.path.exists(os.path.join(trained["bundle"], "bundle.json"))
+
+
+def _history(trial_dir: str) -> list[float]:
+    """The objective a trial reported after each epoch, in order."""
+    with open(os.path.join(trial_dir, "result.json")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["official_score"] for r in sorted(rows, key=lambda r: r["epochs_done"])]
+
+
+def _asha_epochs(histories: list[list[float]], max_t: int, reduction_factor: float) -> list[int]:
+    """Epochs each trial runs under asynchronous successive halving (grace period 1, maximising), for
+    trials run one after another: at rungs 1, rf, rf^2 ... < max_t a trial stops when its value is
+    below the (1 - 1/rf) quantile of the values earlier trials reported at that rung."""
+    milestones = [reduction_factor ** k for k in range(32) if reduction_factor ** k < max_t]
+    recorded: dict[int, list[float]] = {m: [] for m in milestones}
+    epochs = []
+    for history in histories:
+        ran = max_t  # a trial that is not cut runs every epoch
+        for epoch, value in enumerate(history, start=1):
+            if epoch not in recorded:
+                continue
+            earlier = recorded[epoch]
+            stop = bool(earlier) and value < np.nanpercentile(earlier, (1 - 1 / reduction_factor) * 100)
+            earlier.append(value)
+            if stop:
+                ran = epoch
+                break
+        epochs.append(ran)
+    return epochs
 
 
 class _InterruptAfterFirstTrial(Callback):
