@@ -25,13 +25,13 @@ def attribute_key(pairs: list[tuple[str, str]] | None) -> str:
 
 
 def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_rate: int | None = None,
-                 pcm16: bool = False) -> pa.Table:
+                 pcm16: bool = False, rng: np.random.Generator | None = None) -> pa.Table:
     """Clip rows -> a table with ``audio`` as ``(rows, num_samples)`` float32 in [-1, 1]
     (or, with ``pcm16``, the stored int16 samples: half the bytes to move, scaled where they are used).
 
-    Clips longer than ``num_samples`` are cropped (from the start or the centre), shorter ones
-    zero-padded at the end. A clip whose bytes do not match its ``num_samples`` is an error that
-    names the clip and its shard.
+    Clips longer than ``num_samples`` are cropped (from the start, the centre, or, with
+    ``crop="random"``, a window drawn from ``rng``), shorter ones zero-padded at the end. A clip
+    whose bytes do not match its ``num_samples`` is an error that names the clip and its shard.
     """
     n = batch.num_rows
     bad = schema.bad_name(batch)  # names from the data must be safe file names before anything uses them
@@ -51,7 +51,8 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_
             raise schema.SchemaError(f"{where}: clip {batch['clip_id'][i]} has sample rate {rates[i]} Hz, "
                                      f"expected {sample_rate} Hz (the model's)")
         wave = np.frombuffer(raw, dtype="<i2") if pcm16 else schema.decode_pcm16(raw)
-        start = max(0, (len(wave) - num_samples) // 2) if crop == "center" else 0
+        spare = max(0, len(wave) - num_samples)
+        start = int(rng.integers(spare + 1)) if crop == "random" else spare // 2 if crop == "center" else 0
         wave = wave[start:start + num_samples]
         audio[i, :len(wave)] = wave
     # an Arrow table, not numpy: a column of unknown domains or labels (all null) must stay a string

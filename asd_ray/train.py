@@ -1,8 +1,9 @@
 """``asd-ray train``: data-parallel training with Ray Train from clip shards at any URL.
 
-The driver builds the label map from the training clips' metadata, hands Ray Train a streaming
-Ray Dataset (read, decode and crop on CPU, split across workers) and, when training ends, turns
-the last checkpoint into a model bundle. ``train_loop`` is the whole per-worker loop.
+The driver builds the label map from the training clips' metadata, hands Ray Train the streaming
+training input (``train_input``: row groups dealt in a new order per epoch, read, mixed, cropped
+and labelled on CPUs, int16 audio, split across workers) and, when training ends, turns the
+last checkpoint into a model bundle. ``train_loop`` is the whole per-worker loop.
 Re-running with the same ``name`` and ``storage_path`` resumes from the latest checkpoint.
 """
 
@@ -14,7 +15,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -31,14 +31,18 @@ from asd_ray.config import JobConfig, refuse_changes
 from asd_ray.labels import LabelMap, class_key
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig, autocast
+from asd_ray.schema import PCM16_FULL_SCALE
 from asd_ray.storage import StorageOptions
+from asd_ray.train_input import ReadSettings, ingest_options, training_dataset
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
 STATE_FILE = "state.pt"
 SETTINGS_FILE = "settings.json"
-# what a resumed run may change: where and how it runs, and how many epochs it runs in all
+# what a resumed run may change: where and how it runs (the input pipeline's buffers included),
+# and how many epochs it runs in all
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
-             "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage"}
+             "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
+             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
@@ -55,7 +59,12 @@ class TrainConfig(JobConfig):
     cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data's readers")
     epochs: int = Field(6, ge=1, description="6 beat 10 and 16 in the quality benchmark (README: quality)")
     batch_size: int = Field(64, ge=2, description="per worker")
-    shuffle_buffer: int = Field(256, ge=0, description="clips per worker mixed across shards before batching")
+    shuffle_buffer: int = Field(256, ge=0, description="clips per worker mixed across read tasks before batching")
+    mix_row_groups: int = Field(4, ge=1, description="row groups (64 clips each, from any shard) read and shuffled "
+                                                     "together by one read task; its memory: this many row groups")
+    block_clips: int = Field(32, ge=1, description="clips per block of the training input")
+    input_buffer_mb: float = Field(512.0, gt=0, description="object-store budget of the training input (Ray Data's "
+                                                            "resource limit): blocks read ahead of the workers")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     mixup_alpha: float = Field(1.0, ge=0, description="mixup's Beta(alpha, alpha); 1: a uniform mixing weight")
@@ -86,14 +95,6 @@ class TrainConfig(JobConfig):
     @property
     def bundle_url(self) -> str:
         return self.bundle or storage.join(self.storage_path, self.name, "model")
-
-
-def label_batch(batch: dict[str, np.ndarray], classes: list[str], with_domain: bool) -> dict[str, np.ndarray]:
-    labels = LabelMap(classes=classes)
-    return {"audio": batch["audio"],
-            "label": np.array([labels.index(*class_key(m, s, d, a, with_domain)) for m, s, d, a in
-                               zip(batch["machine"], batch["section"], batch["domain"], batch["attribute_key"])],
-                              dtype=np.int64)}
 
 
 def train_loop(config: dict) -> None:
@@ -134,14 +135,14 @@ def train_loop(config: dict) -> None:
         totals = torch.zeros(3, device=device)  # loss sum, correct, clips
         t0 = time.time()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
-                                              local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                              dtypes={"audio": torch.float32, "label": torch.int64}):
+                                              local_shuffle_buffer_size=cfg.shuffle_buffer):
+            audio = batch["audio"].float() / PCM16_FULL_SCALE  # int16 until here, on the device
             if loss_fn is None:  # the autoencoder: reconstruct normal clips, no labels
-                x = batch["audio"]
+                x = audio
                 with autocast(device):
                     loss = model(x).mean()
             else:
-                x, y = mixup(batch["audio"], F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
+                x, y = mixup(audio, F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
                 with autocast(device):
                     emb = model(x)
                 loss = loss_fn(emb, y)
@@ -229,12 +230,11 @@ def label_map(cfg: TrainConfig) -> LabelMap:
     return labels
 
 
-def training_data(cfg: TrainConfig, labels: LabelMap) -> ray.data.Dataset:
-    ds = dataset.read_clips(cfg.data, split="train", machine=cfg.machines, num_samples=cfg.clip_samples,
-                            sample_rate=cfg.sample_rate, options=cfg.storage)
-    ds = ds.map_batches(label_batch, fn_kwargs={"classes": labels.classes, "with_domain": cfg.class_domain},
-                        batch_format="numpy")
-    return ds.randomize_block_order(seed=None)
+def training_data(cfg: TrainConfig, labels: LabelMap, first_epoch: int = 0, meta: bool = False) -> ray.data.Dataset:
+    settings = ReadSettings(options=cfg.storage, num_samples=cfg.clip_samples, sample_rate=cfg.sample_rate,
+                            classes=labels.classes, with_domain=cfg.class_domain, block_clips=cfg.block_clips,
+                            meta=meta)
+    return training_dataset(cfg.data, cfg.machines, settings, cfg.seed, cfg.mix_row_groups, first_epoch)
 
 
 def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:
@@ -248,9 +248,11 @@ def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.Run
     )
 
 
-def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = None,
+                 first_epoch: int = 0) -> ray.train.torch.TorchTrainer:
     """The dataset is handed over as a factory: Ray Train builds it in its controller, so that a
-    trainer started inside a Tune trial does not run Ray Data in the trial's small placement group."""
+    trainer started inside a Tune trial does not run Ray Data in the trial's small placement group.
+    ``first_epoch`` (of a resumed run) continues the input's per-epoch orders."""
     print(f"train: {len(labels)} auxiliary classes; {cfg.num_workers} worker(s), gpu={cfg.use_gpu}; "
           f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
     return ray.train.torch.TorchTrainer(
@@ -260,7 +262,8 @@ def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = No
                                                resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                      **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=run_config(cfg, callbacks),
-        datasets={"train": lambda: training_data(cfg, labels)},
+        datasets={"train": lambda: training_data(cfg, labels, first_epoch)},
+        dataset_config=ray.train.DataConfig(execution_options={"train": ingest_options(cfg.input_buffer_mb)}),
     )
 
 
@@ -308,7 +311,7 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} has {done} epochs done, more than "
                          f"epochs={cfg.epochs}: ask for at least {done}, or give this run a new name")
     labels = label_map(cfg)
-    result = make_trainer(cfg, labels).fit()
+    result = make_trainer(cfg, labels, first_epoch=done).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
