@@ -102,3 +102,12 @@ def test_audio_stays_int16_and_longer_clips_get_a_random_window_per_epoch(input_
             starts[-1][clip_id] = offsets[0]
     assert len(set(starts[0].values())) > 10  # windows drawn per clip
     assert sum(starts[0][c] != starts[1][c] for c in starts[0]) > len(starts[0]) / 2  # and anew per epoch
+
+
+def test_the_object_store_budget_reaches_ray_train(input_data):
+    from asd_ray.train import make_trainer
+
+    cfg = _config(input_data, input_buffer_mb=96)
+    trainer = make_trainer(cfg, label_map(cfg))
+    options = trainer.data_config._resolve_execution_options("train")
+    assert options.resource_limits.object_store_memory == 96 * 2**20
