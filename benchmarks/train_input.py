@@ -185,8 +185,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scale']}x | {r['clips']} | {r['pipeline']} | {r['first_batch_s']:.2f} | {r['clips_per_s']:.0f} | "
-              f"{r['store_peak_mb']:.0f} | {r['memory_peak_mb']:.0f} | {r['distinct']:.2f} ({r['expected_distinct']:.2f})"
-              f" | {100 * r['batches_with_target']:.0f} % ({100 * r['expected_with_target']:.0f} %) | "
+              f"{r['store_peak_mb']:.0f} | {r['memory_peak_mb']:.0f} | "
+              f"{r['distinct']:.2f} ({r['expected_distinct']:.2f}) | "
+              f"{100 * r['batches_with_target']:.0f} % ({100 * r['expected_with_target']:.0f} %) | "
               f"{100 * r['target_share']:.2f} % +- {100 * r['target_share_std']:.2f} |")
     print(f"\nmodel training step (default model, CPU, {torch_threads()} threads): {step:.1f} clips/s; "
           f"streaming input / model step: " + ", ".join(
