@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from asd_ray import schema, storage
 from asd_ray.storage import StorageOptions
 
-ROWS_PER_ROW_GROUP = 64
+ROWS_PER_ROW_GROUP = 16  # the unit the training input deals in random order (train_input.py)
 LIVE_FILE = "_shards.json"
 
 

@@ -28,7 +28,8 @@ from asd_ray import shards, storage
 from asd_ray.config import JobConfig, deep_merge, parse_overrides, refuse_changes
 from asd_ray.labels import LabelMap
 from asd_ray.storage import StorageOptions
-from asd_ray.train import RESUMABLE, SETTINGS_FILE, TrainConfig, label_map, make_trainer, resolved
+from asd_ray.train import (RESUMABLE, SETTINGS_FILE, TrainConfig, comparable, label_map, make_trainer,
+                            resolved)
 from asd_ray.validate import ValidationConfig
 
 
@@ -174,7 +175,8 @@ def _tuner(cfg: SweepConfig, trainable, metric: str, mode: str, callbacks: list 
     settings_url = storage.join(cfg.experiment_url, SETTINGS_FILE)
     if ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
         if storage.exists(settings_url, cfg.storage):
-            refuse_changes(json.loads(storage.read_bytes(settings_url, cfg.storage)), _settings(cfg),
+            recorded = json.loads(storage.read_bytes(settings_url, cfg.storage))
+            refuse_changes({**recorded, "train": comparable(recorded.get("train", {}))}, _settings(cfg),
                            f"sweep '{cfg.name}' in {cfg.storage_path}")
         print(f"tune: resuming sweep '{cfg.name}' from {cfg.experiment_url}", flush=True)
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,

@@ -60,8 +60,9 @@ class TrainConfig(JobConfig):
     epochs: int = Field(6, ge=1, description="6 beat 10 and 16 in the quality benchmark (README: quality)")
     batch_size: int = Field(64, ge=2, description="per worker")
     shuffle_buffer: int = Field(256, ge=0, description="clips per worker mixed across read tasks before batching")
-    mix_row_groups: int = Field(4, ge=1, description="row groups (64 clips each, from any shard) read and shuffled "
-                                                     "together by one read task; its memory: this many row groups")
+    mix_row_groups: int = Field(16, ge=1, description="row groups (16 clips each as ingest writes them, from any "
+                                                      "shard) read and shuffled together by one read task; its "
+                                                      "memory: this many row groups")
     block_clips: int = Field(32, ge=1, description="clips per block of the training input")
     input_buffer_mb: float = Field(512.0, gt=0, description="object-store budget of the training input (Ray Data's "
                                                             "resource limit): blocks read ahead of the workers")
@@ -288,8 +289,14 @@ def check_settings(cfg: TrainConfig) -> None:
     url = storage.join(cfg.storage_path, cfg.name, SETTINGS_FILE)
     if not storage.exists(url, cfg.storage):
         return
-    refuse_changes({**LEGACY_SETTINGS, **json.loads(storage.read_bytes(url, cfg.storage))}, _settings(cfg),
+    refuse_changes(comparable(json.loads(storage.read_bytes(url, cfg.storage))), _settings(cfg),
                    f"run '{cfg.name}' in {cfg.storage_path}")
+
+
+def comparable(recorded: dict) -> dict:
+    """Recorded settings as today's would record them: with the settings added since (at the values
+    older runs used) and without those that have become resumable since."""
+    return {**LEGACY_SETTINGS, **{k: v for k, v in recorded.items() if k not in RESUMABLE}}
 
 
 def epochs_done(cfg: TrainConfig) -> int:

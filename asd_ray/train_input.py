@@ -1,7 +1,7 @@
 """The training input: clip shards streamed to Ray Train, in a new seeded order every epoch.
 
 No stage waits for the whole dataset. Every epoch, a Ray Data datasource deals the training
-set's Parquet row groups (64 clips each, from every shard) in a random order seeded by
+set's Parquet row groups (16 clips each as ingest writes them, from every shard) in a random order seeded by
 ``(seed, epoch)`` into read tasks of ``mix_row_groups`` row groups each. A read task reads its
 row groups, shuffles their clips together, crops each clip to the model's length (a random
 window per clip and epoch when clips are longer), labels it and yields blocks of
@@ -13,6 +13,9 @@ Why row groups and not Ray Data's own file shuffling: ingest writes one machine 
 in file-name order, so a file-level shuffle still gives batches of one or two machine types,
 with a machine's few target-domain clips arriving together. Dealing row groups of every shard
 puts several machine types and both domains into every read task, in proportion to the data.
+The row group is the unit of the order: the smaller it is, the more evenly a run of clips of
+one kind (a new installation's recordings, say) spreads over the epoch, which is why ingest
+writes row groups of 16 clips (5 MB of 10 s clips, still an efficient object-storage read).
 
 Memory, per training worker: about ``mix_row_groups`` row groups per running read task, the
 blocks waiting in the object store (at most ``input_buffer_mb`` for the whole training input,

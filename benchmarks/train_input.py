@@ -148,20 +148,25 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--cpus", type=int, default=4)
     p.add_argument("--skip-v1", action="store_true")
+    p.add_argument("--rows-per-group", type=int, default=shards.ROWS_PER_ROW_GROUP,
+                   help="Parquet row group size of the written data (ingest's by default)")
+    p.add_argument("--mix-row-groups", type=int, default=None, help="default: the training config's")
     p.add_argument("--dir", default=None, help="where to write the data (default: a temporary folder)")
     args = p.parse_args()
 
+    shards.ROWS_PER_ROW_GROUP = args.rows_per_group
     ray.init(num_cpus=args.cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     root_dir = args.dir or tempfile.mkdtemp(prefix="train-input-")
     rows = []
     try:
         for scale in args.scales:
-            root = os.path.join(root_dir, f"x{scale}")
+            root = os.path.join(root_dir, f"x{scale}-rg{args.rows_per_group}")
             if not os.path.exists(os.path.join(root, shards.LIVE_FILE)):
                 write_dataset(root, args.clips_per_machine * scale, args.clip_seconds, args.shard_mb)
             cfg = TrainConfig(data=root, clip_seconds=args.clip_seconds, batch_size=args.batch,
-                              shuffle_buffer=args.shuffle_buffer, input_buffer_mb=args.buffer_mb)
+                              shuffle_buffer=args.shuffle_buffer, input_buffer_mb=args.buffer_mb,
+                              **({"mix_row_groups": args.mix_row_groups} if args.mix_row_groups else {}))
             labels = label_map(cfg)
             pipelines = {"streaming": training_data(cfg, labels, meta=True)}
             if not args.skip_v1:
@@ -177,7 +182,8 @@ def main() -> None:
             shutil.rmtree(root_dir, ignore_errors=True)
 
     step = model_step_rate(args.clip_seconds, args.batch)
-    print(f"\ntraining input, {args.clip_seconds:g} s clips, batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
+    print(f"\ntraining input, {args.clip_seconds:g} s clips, row groups of {args.rows_per_group} clips read "
+          f"{cfg.mix_row_groups} per task, batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
           f"object-store budget {args.buffer_mb:g} MB, {args.cpus} logical CPUs ({psutil.cpu_count()} on this machine)")
     print("| scale | clips | pipeline | first batch (s) | clips/s | peak object store (MB) | peak memory (MB) | "
           "machine types per batch (random batches) | batches with a target clip (random batches) | "

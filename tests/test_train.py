@@ -1,6 +1,8 @@
 """Ray Train on tiny synthetic data read from the moto S3 server: 2 CPU workers (gloo)."""
 
+import json
 import math
+import os
 
 import boto3
 import pytest
@@ -127,3 +129,15 @@ def test_resume_on_a_gpu(train_data):
     assert first["metrics"]["epochs_done"] == 1
     resumed = train(_cfg(train_data, "gpu-resume", epochs=2, num_workers=1, use_gpu=True))
     assert resumed["metrics"]["start_epoch"] == 1 and resumed["metrics"]["epochs_done"] == 2
+
+
+def test_runs_recorded_before_a_setting_became_resumable_still_resume(tmp_path):
+    """``shuffle_buffer`` was a recorded setting before the streaming input made it resumable."""
+    from asd_ray.train import SETTINGS_FILE, _settings, check_settings
+
+    cfg = TrainConfig(data="anywhere", name="old", storage_path=str(tmp_path))
+    os.makedirs(tmp_path / "old")
+    (tmp_path / "old" / SETTINGS_FILE).write_text(json.dumps({**_settings(cfg), "shuffle_buffer": 999}))
+    check_settings(cfg)  # resumes
+    with pytest.raises(ValueError, match=r"lr: 0\.001 -> 0\.002"):
+        check_settings(cfg.model_copy(update={"lr": 2e-3}))
