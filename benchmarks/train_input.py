@@ -12,13 +12,17 @@ ingest writes them: one machine type per partition, shards of --shard-mb, target
 as audio (the input does not look at it). Each pipeline is consumed as a Ray Train worker consumes
 it: one ``streaming_split`` iterator, batches of --batch clips through a --shuffle-buffer local
 shuffle buffer, for --epochs epochs; figures are from the last epoch except time to first batch
-(the first). Ray gets --cpus logical CPUs (say, a GPU worker's share of a node).
+(the first). Ray gets --cpus logical CPUs (say, a GPU worker's share of a node). Each pipeline
+runs in a process and Ray cluster of its own.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -62,6 +66,7 @@ class Peaks(threading.Thread):
     def __init__(self, interval: float = 0.25):
         super().__init__(daemon=True)
         self.interval, self.stop, self.store, self.memory = interval, threading.Event(), 0, 0
+        self.at_peak: list[tuple[int, str]] = []  # (USS, process) at the memory peak
 
     def run(self) -> None:
         from ray._private import ray_constants
@@ -74,13 +79,15 @@ class Peaks(threading.Thread):
             text = memory_summary(address=address, stats_only=True)
             used = re.search(r"Plasma memory usage (\d+) MiB", text)
             self.store = max(self.store, int(used.group(1)) * 2**20 if used else 0)
-            total = 0
+            sizes = []
             for p in [psutil.Process()] + raylet.children(recursive=True):  # this cluster's workers only
                 try:
-                    total += p.memory_full_info().uss
+                    sizes.append((p.memory_full_info().uss, (p.cmdline() or [p.name()])[0][:40]))
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
-            self.memory = max(self.memory, total)
+            total = sum(u for u, _ in sizes)
+            if total > self.memory:
+                self.memory, self.at_peak = total, sorted(sizes, reverse=True)
             self.stop.wait(self.interval)
 
 
@@ -107,7 +114,8 @@ def consume(ds, batch: int, shuffle_buffer: int, epochs: int, buffer_mb: float) 
     expected_distinct = sum(1 - (1 - p) ** batch for p in share.values())  # batches drawn at random
     target_share = float(np.mean(targets))
     return {"first_batch_s": first, "clips_per_s": clips / seconds, "store_peak_mb": peaks.store / 2**20,
-            "memory_peak_mb": peaks.memory / 2**20,
+            "memory_peak_mb": peaks.memory / 2**20, "processes_at_peak": len(peaks.at_peak),
+            "largest_at_peak": ", ".join(f"{name} {uss / 2**20:.0f}" for uss, name in peaks.at_peak[:6]),
             "distinct": float(np.mean([len(set(m)) for m in machines])), "expected_distinct": expected_distinct,
             "batches_with_target": float(np.mean([t > 0 for t in targets])),
             "expected_with_target": 1 - (1 - target_share) ** batch, "target_share": target_share,
@@ -136,6 +144,22 @@ def model_step_rate(clip_seconds: float, batch: int, steps: int = 5) -> float:
     return steps * batch / (time.time() - t0)
 
 
+def measure(args, root: str, pipeline: str) -> dict:
+    """One pipeline on one dataset, in a Ray cluster of its own (so that no run inherits the
+    workers, heap or object store of another)."""
+    ray.init(num_cpus=args.cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cfg = TrainConfig(data=root, clip_seconds=args.clip_seconds, batch_size=args.batch,
+                      shuffle_buffer=args.shuffle_buffer, input_buffer_mb=args.buffer_mb,
+                      **({"mix_row_groups": args.mix_row_groups} if args.mix_row_groups else {}))
+    if pipeline == "streaming":
+        ds = training_data(cfg, label_map(cfg), meta=True)
+    else:
+        ds = read_clips(root, split="train", num_samples=cfg.clip_samples).randomize_block_order()
+    return {"mix_row_groups": cfg.mix_row_groups, **consume(ds, args.batch, args.shuffle_buffer, args.epochs,
+                                                            args.buffer_mb)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", type=int, nargs="+", default=[1, 10])
@@ -152,11 +176,13 @@ def main() -> None:
                    help="Parquet row group size of the written data (ingest's by default)")
     p.add_argument("--mix-row-groups", type=int, default=None, help="default: the training config's")
     p.add_argument("--dir", default=None, help="where to write the data (default: a temporary folder)")
+    p.add_argument("--measure", nargs=2, metavar=("DATA", "PIPELINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.measure:
+        print("RESULT " + json.dumps(measure(args, *args.measure)), flush=True)
+        return
 
     shards.ROWS_PER_ROW_GROUP = args.rows_per_group
-    ray.init(num_cpus=args.cpus)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     root_dir = args.dir or tempfile.mkdtemp(prefix="train-input-")
     rows = []
     try:
@@ -164,18 +190,14 @@ def main() -> None:
             root = os.path.join(root_dir, f"x{scale}-rg{args.rows_per_group}")
             if not os.path.exists(os.path.join(root, shards.LIVE_FILE)):
                 write_dataset(root, args.clips_per_machine * scale, args.clip_seconds, args.shard_mb)
-            cfg = TrainConfig(data=root, clip_seconds=args.clip_seconds, batch_size=args.batch,
-                              shuffle_buffer=args.shuffle_buffer, input_buffer_mb=args.buffer_mb,
-                              **({"mix_row_groups": args.mix_row_groups} if args.mix_row_groups else {}))
-            labels = label_map(cfg)
-            pipelines = {"streaming": training_data(cfg, labels, meta=True)}
-            if not args.skip_v1:
-                pipelines["v1 (block order)"] = read_clips(root, split="train", num_samples=cfg.clip_samples
-                                                           ).randomize_block_order()
-            for name, ds in pipelines.items():
-                r = consume(ds, args.batch, args.shuffle_buffer, args.epochs, args.buffer_mb)
+            for pipeline in ["streaming"] + ([] if args.skip_v1 else ["v1 (block order)"]):
+                out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--measure", root, pipeline],
+                                     capture_output=True, text=True)
+                result = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+                if out.returncode or not result:
+                    raise RuntimeError(f"{pipeline} at {scale}x failed:\n{out.stderr[-3000:]}")
                 rows.append({"scale": scale, "clips": len(MACHINES) * args.clips_per_machine * scale,
-                             "pipeline": name, **r})
+                             "pipeline": pipeline, **json.loads(result[0][len("RESULT "):])})
                 print(rows[-1], flush=True)
     finally:
         if args.dir is None:
@@ -183,7 +205,7 @@ def main() -> None:
 
     step = model_step_rate(args.clip_seconds, args.batch)
     print(f"\ntraining input, {args.clip_seconds:g} s clips, row groups of {args.rows_per_group} clips read "
-          f"{cfg.mix_row_groups} per task, batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
+          f"{rows[0]['mix_row_groups']} per task, batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
           f"object-store budget {args.buffer_mb:g} MB, {args.cpus} logical CPUs ({psutil.cpu_count()} on this machine)")
     print("| scale | clips | pipeline | first batch (s) | clips/s | peak object store (MB) | peak memory (MB) | "
           "machine types per batch (random batches) | batches with a target clip (random batches) | "
