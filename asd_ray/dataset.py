@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -63,15 +64,25 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_
     return pa.table(out)
 
 
-def validate_shards(urls: list[str], options: StorageOptions | None = None) -> None:
-    """Check every shard's schema from its footer (in parallel: cheap, metadata only)."""
+@dataclass(frozen=True)
+class RowGroup:
+    url: str
+    index: int
+    rows: int
+
+
+def row_groups(urls: list[str], options: StorageOptions | None = None) -> list[RowGroup]:
+    """Every row group of the shards, from their footers (read in parallel: cheap, metadata only),
+    each shard's schema checked on the way."""
     fs, _ = storage.pyarrow_fs(urls[0], options)
 
-    def check(url: str) -> None:
-        schema.validate_schema(pq.read_schema(storage.strip_protocol(url), filesystem=fs), url)
+    def footer(url: str) -> list[RowGroup]:
+        meta = pq.read_metadata(storage.strip_protocol(url), filesystem=fs)
+        schema.validate_schema(meta.schema.to_arrow_schema(), url)
+        return [RowGroup(url, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(check, urls))
+        return [g for groups in pool.map(footer, urls) for g in groups]
 
 
 Filter = str | Iterable[str] | None
@@ -82,7 +93,7 @@ def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Fil
     urls = shards.list_shards(url, split, machine, options)
     if not urls:
         raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
-    validate_shards(urls, options)
+    row_groups(urls, options)  # every shard's schema checked before any read task starts
     fs, _ = storage.pyarrow_fs(url, options)
     ds = ray.data.read_parquet([storage.strip_protocol(u) for u in urls], filesystem=fs, partitioning=None,
                                include_paths=columns is None or paths)

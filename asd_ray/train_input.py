@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,19 +35,13 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from asd_ray import dataset, schema, shards, storage
+from asd_ray import dataset, shards, storage
+from asd_ray.dataset import RowGroup, row_groups
 from asd_ray.labels import LabelMap, class_key
 from asd_ray.storage import StorageOptions
 
 READ_COLUMNS = ["clip_id", "machine", "section", "domain", "split", "label", "attributes", "audio",
                 "num_samples", "sample_rate"]
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    url: str
-    index: int
-    rows: int
 
 
 @dataclass(frozen=True)
@@ -61,19 +54,6 @@ class ReadSettings:
     with_domain: bool
     block_clips: int
     meta: bool  # keep clip_id, machine and domain (to measure batches), not only audio and label
-
-
-def row_groups(urls: list[str], options: StorageOptions | None = None) -> list[RowGroup]:
-    """Every row group of the shards, from their footers (read in parallel; each schema checked)."""
-    fs, _ = storage.pyarrow_fs(urls[0], options)
-
-    def footer(url: str) -> list[RowGroup]:
-        meta = pq.read_metadata(storage.strip_protocol(url), filesystem=fs)
-        schema.validate_schema(meta.schema.to_arrow_schema(), url)
-        return [RowGroup(url, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-
-    with ThreadPoolExecutor(16) as pool:
-        return [g for groups in pool.map(footer, urls) for g in groups]
 
 
 def epoch_order(n_groups: int, seed: int, epoch: int) -> np.ndarray:
