@@ -20,7 +20,7 @@ from asd_ray.cluster import ensure_ray
 from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.score import ScoreConfig, run_score
-from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+from asd_ray.synth.generate import SUITES, Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
 
 
@@ -33,7 +33,10 @@ def per_machine(evaluation: dict) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--suite", choices=sorted(SUITES), default="tune",
+                   help="tune: settings may be chosen here; confirm: other machine types and physics, run only "
+                        "to confirm a choice made on tune")
+    p.add_argument("--out", default=None, help="default: runs/quality-<suite>")
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--train-clips", type=int, default=None, help="source training clips per section "
                                                                    "(default: the synthetic default, 990)")
@@ -53,11 +56,13 @@ def main() -> None:
     args = p.parse_args()
 
     ensure_ray()
+    suite = SUITES[args.suite]
+    args.out = args.out or f"runs/quality-{args.suite}"
     data = storage.join(args.out, "data")
     counts = Counts() if args.train_clips is None else Counts(train_source=args.train_clips)
     if not storage.exists(storage.join(data, "_manifest.json")):
-        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts,
-                                   named_attributes=not args.hidden_attributes))
+        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts, machines=list(suite.machines),
+                                   seed=suite.seed, named_attributes=not args.hidden_attributes))
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)

@@ -1,4 +1,4 @@
-"""Physically motivated sound models of four machine types, with their faults.
+"""Physically motivated sound models of seven machine types, with their faults.
 
 Each model renders a batch of clips of one section (one physical machine instance, whose
 constants come from ``instance``) under per-clip operating conditions (attributes) and an
@@ -16,6 +16,25 @@ RMS: loudness is set later, at random, so that no fault can be found by level al
   (shaft orders around blade pass), rub (high-frequency scraping once per revolution).
 - ``compressor``: reciprocating; every stroke a low thump and a valve click whose timing depends
   on discharge pressure. Faults: valve leak (hiss during compression), timing jitter, knock.
+
+Three more, of other physics and with other kinds of domain shift (the confirm suite, see
+``generate.SUITES``; nothing is ever chosen on them):
+
+- ``valve``: a solenoid valve cycling open and shut (impulsive: actuation clicks, flow hiss
+  while open). Faults: sticking (a late, doubled opening with a scrape), seat leak (faint hiss
+  while shut), chatter (bouncing closure). Shift: the installation (pipework, mounting).
+- ``transformer``: magnetostriction hum at twice the mains frequency and its even harmonics,
+  cooling fans at high load (tonal). Faults: loose core (rattling buzz, a clipped hum), partial
+  discharge (crackle bursts), DC bias (odd mains harmonics). Shift: load and an outdoor
+  background (gusty wind).
+- ``conveyor``: idler rollers' broadband rumble modulated at their rates, a belt joint slapping
+  once per belt turn (modulated broadband). Faults: a dry roller bearing (wandering squeal), belt
+  misalignment (edge rub once per belt turn), a damaged joint (a doubled, harder slap). Shift:
+  belt speed.
+
+``shift`` names what else, besides the attribute values, differs in the target domain:
+``background`` (factory hum and colour), ``outdoor`` (wind), ``installation`` (the transfer path
+from machine to microphone); the rendering of these lives in ``generate``.
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ class Machine:
     name: str
     attributes: tuple[Attribute, ...]
     anomalies: tuple[str, ...]
+    shift: tuple[str, ...] = ("background",)
 
     def instance(self, rng: np.random.Generator) -> dict:
         raise NotImplementedError
@@ -209,4 +229,143 @@ class Compressor(Machine):
         return dsp.unit_rms(x)
 
 
-MACHINES: dict[str, Machine] = {m.name: m for m in (Pump(), Gearbox(), Fan(), Compressor())}
+class Valve(Machine):
+    name = "valve"
+    attributes = (Attribute("cycles", (40, 60), (90,)), Attribute("pressure", (2, 4), (7,)))
+    anomalies = ("sticking", "seat_leak", "chatter")
+    shift = ("installation",)
+
+    def instance(self, rng):
+        return {"body": rng.uniform(1800, 3500), "seat": rng.uniform(4000, 6000), "flow_fc": rng.uniform(1500, 3000),
+                "duty": rng.uniform(0.35, 0.55), "leak_fc": rng.uniform(6000, 7200)}
+
+    def render(self, rng, inst, attrs, faults, strength, T, sr):
+        n = len(faults)
+        rate = attrs["cycles"] / 60.0  # open-shut cycles per second
+        t = np.arange(T, dtype=np.float32) / sr
+        start = rng.uniform(0, 1, (n, 1)).astype(np.float32)
+        cycle_pos = np.mod(col(rate) * t + start, 1.0)  # 0 at opening
+        sticking = faults == "sticking"
+        delay = np.where(sticking, 0.04 + 0.08 * strength, 0.0)  # seconds the plunger hangs
+        opening = np.clip((cycle_pos / col(rate) - col(delay)) * 40.0, 0, 1)
+        is_open = opening * (cycle_pos < inst["duty"])
+        pressure = col(attrs["pressure"] / 4.0)
+        flow = dsp.shaped_noise(rng, n, T, sr, dsp.bandpass_env(inst["flow_fc"] * np.sqrt(pressure[:, 0]),
+                                                                np.full(n, 900.0)))
+        x = 0.5 * np.sqrt(pressure) * flow * is_open
+        # actuation: an opening click (late when sticking) and a louder shutting click each cycle
+        previous = np.concatenate([cycle_pos[:, :1], cycle_pos[:, :-1]], axis=1)
+        open_at = ((cycle_pos < previous) * np.exp(0.1 * rng.standard_normal((n, T)))).astype(np.float32)
+        open_at = np.stack([np.roll(c, int(d * sr)) for c, d in zip(open_at, delay)])
+        shut_at = (((cycle_pos >= inst["duty"]) & (previous < inst["duty"])) *
+                   np.exp(0.1 * rng.standard_normal((n, T)))).astype(np.float32)
+        chatter = faults == "chatter"
+        if chatter.any():  # the plunger bounces on its seat: decaying repeats of the shutting click
+            bounces = sum((0.6 * strength / (k + 1)) * np.roll(shut_at[chatter], int(0.012 * (k + 1) * sr), axis=1)
+                          for k in range(4))
+            shut_at[chatter] += bounces
+        clicks = 0.6 * open_at + 1.0 * shut_at
+        x += 3.0 * dsp.unit_rms(dsp.convolve(clicks, dsp.resonance(np.full(n, inst["body"]), np.full(n, 0.004), sr)))
+        x += 0.1 * dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, 400.0)))
+        if sticking.any():
+            m = int(sticking.sum())
+            scrape_win = np.exp(-((cycle_pos[sticking] / col(rate[sticking]) - col(delay[sticking]) / 2) /
+                                  col(delay[sticking] / 3)) ** 2)
+            scrape = dsp.shaped_noise(rng, m, T, sr, dsp.bandpass_env(np.full(m, inst["seat"]), np.full(m, 700.0)))
+            x[sticking] += 0.4 * strength * scrape * scrape_win
+        leak = faults == "seat_leak"
+        if leak.any():
+            m = int(leak.sum())
+            hiss = dsp.shaped_noise(rng, m, T, sr, dsp.bandpass_env(np.full(m, inst["leak_fc"]), np.full(m, 500.0)))
+            x[leak] += 0.12 * strength * np.sqrt(pressure[leak]) * hiss * (1 - is_open[leak])
+        return dsp.unit_rms(x)
+
+
+class Transformer(Machine):
+    name = "transformer"
+    attributes = (Attribute("load", (30, 50, 70), (95,)), Attribute("taps", (1, 2), (3,)))
+    anomalies = ("loose_core", "partial_discharge", "dc_bias")
+    shift = ("outdoor",)
+
+    def instance(self, rng):
+        return {"mains": float(rng.choice([50.0, 60.0])), "profile": _harmonic_profile(rng, 10, 0.9),
+                "fan_fc": rng.uniform(600, 1200), "tank": rng.uniform(300, 700)}
+
+    def render(self, rng, inst, attrs, faults, strength, T, sr):
+        n = len(faults)
+        load = col(attrs["load"] / 100.0)
+        ph = dsp.phase(np.full((n, T), inst["mains"], np.float32), sr, rng)  # mains phase, locked
+        amps = np.tile(inst["profile"], (n, 1))
+        amps[:, 2:] *= col(0.5 + 0.15 * attrs["taps"])  # the tap setting shifts the flux, and the overtones
+        amps[:, 4:] *= 0.2 + 2.0 * load  # winding forces of the load current add upper harmonics
+        hum = dsp.harmonics(ph, amps, range(2, 21, 2), rng)  # twice mains and its even harmonics
+        x = dsp.unit_rms(hum) * (0.7 + 0.6 * load)
+        fans = dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, inst["fan_fc"]), 2.5))
+        x += np.clip(load - 0.45, 0, None) * 2.0 * fans  # cooling fans run at high load
+        x += 0.1 * dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, 3000.0)))
+        loose = faults == "loose_core"
+        if loose.any():  # laminations rattle: the hum clipped into a buzz rich in high harmonics
+            buzz = np.clip(hum[loose] / np.abs(hum[loose]).max(axis=1, keepdims=True) * 4, -1, 1)
+            buzz = dsp.convolve(buzz, dsp.resonance(np.full(int(loose.sum()), inst["tank"] * 4), np.full(
+                int(loose.sum()), 0.002), sr))
+            x[loose] += 0.06 * strength * dsp.unit_rms(buzz)
+        pd = faults == "partial_discharge"
+        if pd.any():  # crackle: short high-frequency bursts at random, more near the voltage peaks
+            m = int(pd.sum())
+            hits = dsp.event_train(rng, T, sr, np.full(m, 4 * inst["mains"]), np.full(m, 2e-3), 1.0, 0.15)
+            hits *= np.abs(np.sin(ph[pd]))
+            crackle = dsp.convolve(hits, dsp.resonance(rng.uniform(5000, 7000, m), np.full(m, 2e-4), sr))
+            x[pd] += 0.08 * strength * dsp.unit_rms(crackle)
+        bias = faults == "dc_bias"
+        if bias.any():  # half-cycle saturation: odd harmonics of the mains join the even ones
+            m = int(bias.sum())
+            odd = dsp.harmonics(ph[bias], np.tile([1.0, 0.6, 0.4], (m, 1)).astype(np.float32), [1, 3, 5], rng)
+            x[bias] += 0.1 * strength * odd
+        return dsp.unit_rms(x)
+
+
+class Conveyor(Machine):
+    name = "conveyor"
+    attributes = (Attribute("speed", (90, 120), (180,)), Attribute("load", (0, 50), (100,)))
+    anomalies = ("roller_bearing", "misalignment", "damaged_joint")
+    shift = ()  # the belt speed, and nothing else
+
+    def instance(self, rng):
+        return {"rollers": rng.uniform(0.09, 0.16, 4), "belt": rng.uniform(3.0, 8.0), "slap": rng.uniform(150, 400),
+                "squeal": rng.uniform(2500, 4500), "drive": rng.uniform(12, 20), "rub_fc": rng.uniform(3000, 5000)}
+
+    def render(self, rng, inst, attrs, faults, strength, T, sr):
+        n = len(faults)
+        v = attrs["speed"] / 60.0  # belt speed, m/s
+        load = col(attrs["load"] / 100.0)
+        rumble = np.zeros((n, T), np.float32)
+        for d in inst["rollers"]:  # each idler roller's noise, modulated at its rotation rate
+            ph = dsp.phase(np.repeat(col(v / (np.pi * d)), T, axis=1), sr, rng)
+            band = dsp.shaped_noise(rng, n, T, sr, dsp.bandpass_env((600 + 2000 * d) * (0.4 + v / 2.5), np.full(n, 500.0)))
+            rumble += band * (1 + 0.5 * np.cos(ph))
+        x = dsp.unit_rms(rumble) + (0.3 + 0.5 * load) * dsp.shaped_noise(rng, n, T, sr,
+                                                                          dsp.lowpass_env(np.full(n, 150.0), 2.0))
+        drive = dsp.phase(np.repeat(col(v * inst["drive"]), T, axis=1), sr, rng)  # the drive motor's shaft
+        x += 0.3 * dsp.harmonics(drive, np.tile([1.0, 0.5, 0.3], (n, 1)).astype(np.float32), [1, 2, 4], rng)
+        belt_rate = v / inst["belt"]
+        damaged = faults == "damaged_joint"
+        slaps = dsp.event_train(rng, T, sr, belt_rate * np.where(damaged, 2.0, 1.0), np.full(n, 2e-3), 0.1)
+        slaps[damaged] *= 1 + strength
+        x += 0.8 * dsp.unit_rms(dsp.convolve(slaps, dsp.resonance(np.full(n, inst["slap"]), np.full(n, 0.01), sr)))
+        bearing = faults == "roller_bearing"
+        if bearing.any():  # a dry bearing squeals, its pitch wandering with friction
+            m = int(bearing.sum())
+            pitch = inst["squeal"] * dsp.slow_wobble(rng, m, T, sr, np.full(m, 0.05))
+            on = 0.5 + 0.5 * np.sin(2 * np.pi * col(rng.uniform(0.2, 0.6, m)) * np.arange(T) / sr)
+            x[bearing] += 0.03 * strength * np.sin(dsp.phase(pitch, sr, rng)) * on
+        misaligned = faults == "misalignment"
+        if misaligned.any():  # the belt edge rubs the frame for part of every belt turn
+            m = int(misaligned.sum())
+            ph_belt = dsp.phase(np.repeat(col(belt_rate[misaligned]), T, axis=1), sr, rng)
+            rub = dsp.shaped_noise(rng, m, T, sr, dsp.bandpass_env(np.full(m, inst["rub_fc"]), np.full(m, 1200.0)))
+            x[misaligned] += 0.15 * strength * rub * dsp.pulse_window(ph_belt, 0.5)
+        return dsp.unit_rms(x)
+
+
+MACHINES: dict[str, Machine] = {m.name: m for m in (Pump(), Gearbox(), Fan(), Compressor(), Valve(), Transformer(),
+                                                    Conveyor())}
