@@ -1,9 +1,12 @@
 """The DCASE autoencoder baseline, as a comparator trained and scored through the same jobs.
 
-As in the official DCASE 2020-2025 Task 2 baseline: log-mel spectrogram (128 bins), vectors of 5
-consecutive frames (640 values), a dense autoencoder 640-128-128-128-128-8-128-128-128-128-640
-with batch norm and ReLU, trained on normal clips to reconstruct them; the anomaly score of a
-clip is its mean squared reconstruction error. Features run in torch inside the model (GPU on a GPU).
+As in the official DCASE 2020-2025 Task 2 baseline: one model per machine type (here all of them
+in one module, trained in one Ray job and saved as one bundle), log-mel spectrogram (128 bins),
+vectors of 5 consecutive frames (640 values), a dense autoencoder
+640-128-128-128-128-8-128-128-128-128-640 with batch norm and ReLU, trained on normal clips to
+reconstruct them. Scores (see ``score``): the clip's mean squared reconstruction error, or the
+Mahalanobis distance of its mean error vector to the normal clips' of its section and domain.
+Features run in torch inside the model (GPU on a GPU).
 """
 
 from __future__ import annotations
@@ -68,8 +71,47 @@ class MelAutoEncoder(nn.Module):
         vectors = logmel.unfold(2, self.cfg.frames, 1)  # (batch, n_mels, time - frames + 1, frames)
         return vectors.permute(0, 2, 3, 1).flatten(2)  # frame-major, as the baseline's vectors
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def errors(self, wave: torch.Tensor) -> torch.Tensor:
+        """Reconstruction errors ``(batch, vectors, n_mels * frames)``."""
         x = self.features(wave)
         flat = x.flatten(0, 1)
-        recon = self.decoder(self.encoder(flat)).float()
-        return ((recon - flat) ** 2).mean(dim=1).view(x.shape[0], -1).mean(dim=1)
+        return (self.decoder(self.encoder(flat)).float() - flat).view(x.shape)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Mean squared reconstruction error per clip ``(batch,)``."""
+        return (self.errors(wave) ** 2).mean(dim=(1, 2))
+
+
+class MachineAutoEncoders(nn.Module):
+    """One :class:`MelAutoEncoder` per machine type; each clip goes through its machine type's.
+    ``machine`` holds indices into ``machines`` (-1: a type without a model, whose rows stay NaN)."""
+
+    def __init__(self, machines: list[str], cfg: AEConfig | None = None, sample_rate: int = 16000):
+        super().__init__()
+        self.machines = list(machines)
+        self.members = nn.ModuleList(MelAutoEncoder(cfg, sample_rate) for _ in self.machines)
+
+    def index(self, machines) -> torch.Tensor:
+        lookup = {m: i for i, m in enumerate(self.machines)}
+        return torch.tensor([lookup.get(m, -1) for m in machines], dtype=torch.long)
+
+    def _per_machine(self, wave: torch.Tensor, machine: torch.Tensor, fn, width: int) -> torch.Tensor:
+        out = torch.full((len(wave), width), float("nan"), device=wave.device)
+        for i in machine.unique().tolist():
+            if i >= 0:
+                rows = machine == i
+                out[rows] = fn(self.members[i], wave[rows]).view(int(rows.sum()), width)
+        return out
+
+    def forward(self, wave: torch.Tensor, machine: torch.Tensor) -> torch.Tensor:
+        """Mean squared reconstruction error per clip ``(batch,)``: the training loss, and the MSE score."""
+        return self._per_machine(wave, machine, lambda m, w: m(w), 1)[:, 0]
+
+    def score_features(self, wave: torch.Tensor, machine: torch.Tensor) -> torch.Tensor:
+        """``(batch, 1 + n_mels * frames)``: the clip's mean squared error, then its mean error vector."""
+        dim = self.members[0].cfg.n_mels * self.members[0].cfg.frames if self.members else 0
+
+        def features(member: MelAutoEncoder, w: torch.Tensor) -> torch.Tensor:
+            err = member.errors(w)
+            return torch.cat([(err ** 2).mean(dim=(1, 2))[:, None], err.mean(dim=1)], dim=1)
+        return self._per_machine(wave, machine, features, 1 + dim)

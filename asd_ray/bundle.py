@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from asd_ray import storage
-from asd_ray.autoencoder import AEConfig, MelAutoEncoder
+from asd_ray.autoencoder import AEConfig, MachineAutoEncoders
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
@@ -38,6 +38,11 @@ class BundleInfo(BaseModel):
     sample_rate: int
     clip_samples: int
     training: dict = {}
+
+    @property
+    def machines(self) -> list[str]:
+        """Machine types the model was trained on (the first part of every class name)."""
+        return sorted({c.split("|")[0] for c in self.labels.classes})
 
 
 class BundleError(ValueError):
@@ -60,7 +65,7 @@ def load_weights(data: bytes, source: str) -> dict:
 def build(info: BundleInfo) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
     """The model and its loss head (None for the autoencoder baseline, which scores by itself)."""
     if info.method == "autoencoder":
-        return MelAutoEncoder(info.autoencoder, info.sample_rate), None
+        return MachineAutoEncoders(info.machines, info.autoencoder, info.sample_rate), None
     return DualStreamNet(info.model), SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
 
 

@@ -47,8 +47,10 @@ from pydantic import Field
 from ray.data.extensions import ArrowTensorArray
 from scipy import stats
 from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
 
 from asd_ray import bundle, dataset, schema, storage
+from asd_ray.autoencoder import MachineAutoEncoders
 from asd_ray.config import JobConfig
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.model import autocast
@@ -69,6 +71,13 @@ class ScoreConfig(JobConfig):
         "knn", description="knn: every training clip, distances scaled per domain (best measured); "
                            "kmeans: Wilkinghoff's; centroid: the tech report's")
     kmeans_clusters: int = Field(16, ge=1)
+    add_bundles: list[str] = Field(default_factory=list, description="more models (any method) whose scores are "
+                                   "added: each detector's score is normalised per machine and section by its "
+                                   "training clips' scores (mean 0, standard deviation 1) and the sum is the score")
+    autoencoder_score: Literal["mse", "mahalanobis"] = Field(
+        "mahalanobis", description="for autoencoder bundles: the mean squared reconstruction error, or the "
+                                   "Mahalanobis distance of the clip's mean error vector to its section's and "
+                                   "domain's normal clips (the stronger of the official baseline's two)")
     decision_percentile: float = Field(90.0, gt=0, lt=100)
     batch_size: int = Field(64, ge=1)
     actors: int = Field(1, ge=1, description="embedding actors (one model each)")
@@ -84,25 +93,44 @@ class ScoreConfig(JobConfig):
     def references_url(self) -> str:
         return self.references_to or storage.join(self.bundle, "references.npz")
 
+    @property
+    def bundles(self) -> list[str]:
+        return [self.bundle, *self.add_bundles]
+
+    def references_urls(self) -> list[str]:
+        """The main model's references, then each added model's beside them (``references-<i>.npz``)."""
+        main = self.references_url
+        return [main, *(f"{main.removesuffix('.npz')}-{i}.npz" for i in range(1, len(self.bundles)))]
+
+
+def embedding_column(k: int) -> str:
+    return "embedding" if k == 0 else f"embedding_{k}"
+
 
 class Embedder:
-    """Ray Data actor: one model per actor, waveform batches in, unit-norm embeddings out
-    (reconstruction errors for the autoencoder baseline)."""
+    """Ray Data actor: the models (the main one and any added ones) per actor, waveform batches in,
+    one vector per clip and model out: unit-norm embeddings, or for the autoencoder baseline its
+    mean squared error followed by its mean error vector."""
 
-    def __init__(self, bundle_url: str, options: dict, use_gpu: bool):
+    def __init__(self, bundle_urls: list[str] | str, options: dict, use_gpu: bool):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model, _, _ = bundle.load_bundle(bundle_url, StorageOptions(**options), self.device)
+        urls = [bundle_urls] if isinstance(bundle_urls, str) else bundle_urls
+        self.models = [bundle.load_bundle(u, StorageOptions(**options), self.device)[0] for u in urls]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        columns = {}
         with torch.inference_mode(), autocast(self.device):
             pcm = torch.as_tensor(batch["audio"], device=self.device)  # int16 until it is on the device
-            emb = self.model(pcm.float() / schema.PCM16_FULL_SCALE).float()
-        # the autoencoder baseline gives its reconstruction error, carried as a 1-d "embedding"
-        emb = (emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy()
+            wave = pcm.float() / schema.PCM16_FULL_SCALE
+            for k, model in enumerate(self.models):
+                if isinstance(model, MachineAutoEncoders):
+                    emb = model.score_features(wave, model.index(batch["machine"]).to(self.device)).float()
+                else:
+                    emb = F.normalize(model(wave).float(), dim=1)
+                columns[embedding_column(k)] = ArrowTensorArray.from_numpy(emb.cpu().numpy())
         release_freed_memory()
         # Arrow, not numpy: unknown domains and labels stay string nulls (numpy None would become NaN)
-        return pa.table({**{k: pa.array(batch[k], pa.string()) for k in META},
-                         "embedding": ArrowTensorArray.from_numpy(emb)})
+        return pa.table({**{k: pa.array(batch[k], pa.string()) for k in META}, **columns})
 
 
 def release_freed_memory() -> None:
@@ -116,7 +144,7 @@ def release_freed_memory() -> None:
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
                             sample_rate=info.sample_rate, pcm16=True, options=cfg.storage)
-    return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_url": cfg.bundle,
+    return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
@@ -150,8 +178,9 @@ class References:
     def __init__(self, vectors: dict[tuple[str, str], np.ndarray], domains: dict[tuple[str, str], np.ndarray],
                  thresholds: dict[tuple[str, str], float] | None = None, meta: dict | None = None,
                  scales: dict[tuple[str, str], np.ndarray] | None = None,
-                 origins: dict[tuple[str, str], np.ndarray] | None = None):
-        self.vectors, self.domains = vectors, domains
+                 origins: dict[tuple[str, str], np.ndarray] | None = None,
+                 precisions: dict[tuple[str, str], np.ndarray] | None = None):
+        self.vectors, self.domains, self.precisions = vectors, domains, precisions
         self.scales = scales or {k: np.ones(len(v)) for k, v in vectors.items()}
         self.origins = origins or {k: np.full(len(v), -1) for k, v in vectors.items()}
         self.thresholds, self.meta = thresholds or {}, meta or {}
@@ -161,6 +190,8 @@ class References:
         the autoencoder baseline, whose references are empty, its reconstruction error)."""
         if self.meta.get("method") == "reconstruction":
             return emb[:, 0].astype(np.float64)
+        if self.precisions is not None:  # Gaussians: the nearest by Mahalanobis distance
+            return mahalanobis(emb[:, 1:], self.vectors[(machine, section)], self.precisions[(machine, section)])
         return nearest(emb, self.vectors[(machine, section)], self.scales[(machine, section)])
 
     def training_scores(self, key: tuple[str, str], clips: np.ndarray) -> np.ndarray:
@@ -180,7 +211,9 @@ class References:
                  domains=np.concatenate([self.domains[k] for k in keys]).astype(str),
                  scales=np.concatenate([self.scales[k] for k in keys]).astype(np.float64),
                  thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
-                 meta=np.array(json.dumps(self.meta)))
+                 meta=np.array(json.dumps(self.meta)),
+                 **({"precisions": np.concatenate([self.precisions[k] for k in keys]).astype(np.float32)}
+                    if self.precisions is not None else {}))
         return buf.getvalue()
 
     @classmethod
@@ -192,7 +225,9 @@ class References:
         domains = {k: z["domains"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
         scales = {k: z["scales"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
         thresholds = {k: float(t) for k, t in zip(keys, z["thresholds"])}
-        return cls(vectors, domains, thresholds, json.loads(str(z["meta"])), scales)
+        precisions = ({k: z["precisions"][a:b] for k, a, b in zip(keys, bounds[:-1], bounds[1:])}
+                      if "precisions" in z else None)
+        return cls(vectors, domains, thresholds, json.loads(str(z["meta"])), scales, precisions=precisions)
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
@@ -207,6 +242,15 @@ def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclud
             rows = np.flatnonzero(exclude[a:a + chunk] >= 0)
             dist[rows, exclude[a:a + chunk][rows]] = np.inf
         out[a:a + chunk] = dist.min(axis=1)
+    return out
+
+
+def mahalanobis(queries: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:
+    """Per query row, the minimum squared Mahalanobis distance to the Gaussians ``(means[j], precisions[j])``."""
+    out = np.full(len(queries), np.inf)
+    for mean, precision in zip(means, precisions):
+        d = queries.astype(np.float64) - mean
+        out = np.minimum(out, np.einsum("ij,jk,ik->i", d, precision.astype(np.float64), d))
     return out
 
 
@@ -240,6 +284,27 @@ def reconstruction_references(groups) -> References:
     keys = sorted(groups)
     return References({k: np.zeros((0, 1), np.float32) for k in keys}, {k: np.array([], str) for k in keys},
                       meta={"method": "reconstruction"})
+
+
+def _finite(groups: Groups, what: str) -> None:
+    for (machine, section, domain), embs in groups.items():
+        if not np.isfinite(np.stack(embs)).all():
+            raise ValueError(f"{what}: no model for machine type '{machine}' (section {section}, {domain}): the "
+                             f"autoencoder bundle was trained on other machine types")
+
+
+def mahalanobis_references(groups: Groups) -> References:
+    """For the autoencoder baseline: a Gaussian per (machine, section, domain) over the normal clips'
+    mean reconstruction-error vectors (Ledoit-Wolf shrinkage: a few target clips in 640 dimensions)."""
+    _finite(groups, "autoencoder references")
+    parts, precisions = defaultdict(list), defaultdict(list)
+    for key, domain, embs, _ in _by_section(groups):
+        fit = LedoitWolf().fit(embs[:, 1:].astype(np.float64))
+        parts[key].append((domain, fit.location_[None], np.ones(1), np.full(1, -1)))
+        precisions[key].append(fit.precision_[None])
+    refs = _references(parts)
+    refs.precisions = {k: np.concatenate(v) for k, v in precisions.items()}
+    return refs
 
 
 def centroid_references(groups: Groups) -> References:
@@ -278,55 +343,96 @@ def knn_references(groups: Groups) -> References:
     return _references(parts)
 
 
-def fit_references(cfg: ScoreConfig, info: bundle.BundleInfo) -> References:
-    """Embed the normal training clips and build references and decision thresholds."""
+def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) -> References:
+    if info.method == "autoencoder":
+        if cfg.autoencoder_score == "mahalanobis":
+            return mahalanobis_references(groups)
+        _finite(groups, "autoencoder references")  # no vectors: the reconstruction error is the score
+        return reconstruction_references({(m, s) for m, s, _ in groups})
+    if cfg.references == "centroid":
+        return centroid_references(groups)
+    if cfg.references == "kmeans":
+        return kmeans_references(groups, cfg.kmeans_clusters)
+    return knn_references(groups)
+
+
+def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
+    if info.method == "autoencoder":
+        return "reconstruction" if cfg.autoencoder_score == "mse" else "mahalanobis"
+    return cfg.references
+
+
+def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> list[References]:
+    """Embed the normal training clips and build references per model, and decision thresholds.
+    With added models, each model's scores are normalised per (machine, section) by the mean and
+    standard deviation of its training clips' scores (saved in the main references' ``meta``), and
+    the thresholds are those of the summed scores."""
     source = cfg.fit_data or cfg.data
-    groups: Groups = defaultdict(list)
-    for batch in embed(cfg, info, source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
+    groups: list[Groups] = [defaultdict(list) for _ in infos]
+    for batch in embed(cfg, infos[0], source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
         # the train split is normal operation: a clip without a label counts as normal
         for i in np.flatnonzero([lab in ("normal", None) for lab in batch["label"]]):
-            domain = batch["domain"][i] or UNKNOWN_DOMAIN
-            groups[(batch["machine"][i], batch["section"][i], domain)].append(batch["embedding"][i])
-    if not groups:
+            key = (batch["machine"][i], batch["section"][i], batch["domain"][i] or UNKNOWN_DOMAIN)
+            for k, g in enumerate(groups):
+                g[key].append(batch[embedding_column(k)][i])
+    if not groups[0]:
         raise ValueError(f"{source}: no normal training clips to fit references on")
-    if info.method == "autoencoder":  # no references: the score is the reconstruction error itself
-        refs = reconstruction_references({(m, s) for m, s, _ in groups})
-    elif cfg.references == "centroid":
-        refs = centroid_references(groups)
-    elif cfg.references == "kmeans":
-        refs = kmeans_references(groups, cfg.kmeans_clusters)
-    else:
-        refs = knn_references(groups)
-    refs.meta = {"data": source, "method": "reconstruction" if info.method == "autoencoder" else cfg.references,
-                 "bundle": cfg.bundle, "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in groups.items()}}
-    for key in refs.vectors:  # thresholds from the training clips' own scores
-        clips = np.stack([e for (m, s, _), embs in sorted(groups.items()) if (m, s) == key for e in embs])
-        scores = (refs.score(*key, clips) if refs.meta["method"] == "reconstruction"
-                  else refs.training_scores(key, clips))
+    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+    for r, info, url, g in zip(refs, infos, cfg.bundles, groups):
+        r.meta = {"data": source, "method": method_name(cfg, info), "bundle": url,
+                  "clips": {f"{m}|{s}|{d}": len(e) for (m, s, d), e in g.items()}}
+    if len(refs) > 1:
+        refs[0].meta["norms"] = {}
+    for key in refs[0].vectors:  # thresholds from the training clips' own scores
+        per_model = []
+        for r, g in zip(refs, groups):
+            clips = np.stack([e for (m, s, _), embs in sorted(g.items()) if (m, s) == key for e in embs])
+            per_model.append(r.training_scores(key, clips) if r.meta["method"] in ("knn", "kmeans", "centroid")
+                             else r.score(*key, clips))
+        scores = per_model[0]
+        if len(refs) > 1:
+            norms = [(float(np.mean(x[np.isfinite(x)])), float(np.std(x[np.isfinite(x)]) + 1e-12)) for x in per_model]
+            refs[0].meta["norms"]["|".join(key)] = norms
+            scores = sum((x - mu) / sd for x, (mu, sd) in zip(per_model, norms))
         scores = scores[np.isfinite(scores)]
         if len(scores) < 2:
             raise ValueError(f"{key[0]} section {key[1]}: a decision threshold needs at least 2 normal training "
                              f"clips that are not the only reference of their own; found {len(scores)}")
-        shape, loc, scale = stats.gamma.fit(np.maximum(scores, 1e-9))
-        refs.thresholds[key] = float(stats.gamma.ppf(cfg.decision_percentile / 100, shape, loc=loc, scale=scale))
+        if len(refs) > 1:  # sums of standardised scores can be negative: a normal fit, not a gamma
+            refs[0].thresholds[key] = float(stats.norm.ppf(cfg.decision_percentile / 100, *stats.norm.fit(scores)))
+        else:
+            shape, loc, scale = stats.gamma.fit(np.maximum(scores, 1e-9))
+            refs[0].thresholds[key] = float(stats.gamma.ppf(cfg.decision_percentile / 100, shape, loc=loc,
+                                                            scale=scale))
     return refs
 
 
-def score_test(cfg: ScoreConfig, info: bundle.BundleInfo, refs: References) -> tuple[pa.Table, list[tuple[str, str]]]:
+def clip_scores(refs: list[References], machine: str, section: str, batch: dict[str, np.ndarray],
+                idx: np.ndarray) -> np.ndarray:
+    """Scores of rows ``idx`` of a batch: the main model's, or the sum of every model's normalised ones."""
+    if len(refs) == 1:
+        return refs[0].score(machine, section, batch["embedding"][idx])
+    norms = refs[0].meta["norms"][f"{machine}|{section}"]
+    return sum((r.score(machine, section, batch[embedding_column(k)][idx]) - mu) / sd
+               for k, (r, (mu, sd)) in enumerate(zip(refs, norms)))
+
+
+def score_test(cfg: ScoreConfig, info: bundle.BundleInfo,
+               refs: list[References]) -> tuple[pa.Table, list[tuple[str, str]]]:
     """Scores of every test clip, and the clips that could not be scored (with why). Each batch's
     rows become a small Arrow table at once: a few dozen bytes a clip stay in memory, no audio."""
     parts: list[pa.Table] = []
     unscored: list[tuple[str, str]] = []
     for batch in embed(cfg, info, cfg.data, "test").iter_batches(batch_size=1024, batch_format="numpy"):
         for (machine, section), idx in _group_rows(batch).items():
-            if (machine, section) not in refs.vectors:
+            if any((machine, section) not in r.vectors for r in refs):
                 unscored += [(batch["clip_id"][i], f"no references for machine '{machine}' section '{section}'")
                              for i in idx]
                 continue
-            scores = refs.score(machine, section, batch["embedding"][idx])
+            scores = clip_scores(refs, machine, section, batch, idx)
             parts.append(pa.table({**{k: pa.array(batch[k][idx], pa.string()) for k in META},
                                    "score": pa.array(scores, pa.float64()),
-                                   "decision": pa.array(scores > refs.thresholds[(machine, section)], pa.int8())}))
+                                   "decision": pa.array(scores > refs[0].thresholds[(machine, section)], pa.int8())}))
     table = pa.concat_tables(parts) if parts else _empty_scores()
     ids = table["clip_id"]
     if pc.count_distinct(ids).as_py() != len(ids):
@@ -363,20 +469,26 @@ def submission_files(table: pa.Table) -> dict[str, bytes]:
 
 def run_score(cfg: ScoreConfig) -> dict:
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
-    _, _, info = bundle.load_bundle(cfg.bundle, cfg.storage)
+    infos = [bundle.load_bundle(url, cfg.storage)[2] for url in cfg.bundles]
+    for url, info in zip(cfg.bundles[1:], infos[1:]):
+        if info.sample_rate != infos[0].sample_rate:
+            raise ValueError(f"add_bundles: {url} was trained at {info.sample_rate} Hz, {cfg.bundle} at "
+                             f"{infos[0].sample_rate} Hz; added models must share the main model's sample rate")
     limit_buffering(cfg)
-    print(f"score: fitting {cfg.references} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
-    refs = fit_references(cfg, info)
-    storage.write_bytes_atomic(cfg.references_url, refs.to_bytes(), cfg.storage)
+    names = " + ".join(method_name(cfg, info) for info in infos)
+    print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
+    refs = fit_references(cfg, infos)
+    for r, url in zip(refs, cfg.references_urls()):
+        storage.write_bytes_atomic(url, r.to_bytes(), cfg.storage)
     print(f"score: scoring {cfg.data} (test) with {cfg.actors} embedding actor(s)", flush=True)
-    table, unscored = score_test(cfg, info, refs)
-    write_outputs(cfg, refs, table, unscored)
+    table, unscored = score_test(cfg, infos[0], refs)
+    write_outputs(cfg, table, unscored)
     return {"out": cfg.out, "scored": table.num_rows, "unscored": unscored,
             "groups": sorted({f"{m} section {s}" for m, s in zip(table["machine"].to_pylist(),
                                                                  table["section"].to_pylist())})}
 
 
-def write_outputs(cfg: ScoreConfig, refs: References, table: pa.Table, unscored: list[tuple[str, str]]) -> None:
+def write_outputs(cfg: ScoreConfig, table: pa.Table, unscored: list[tuple[str, str]]) -> None:
     fs, root = storage.fsspec_fs(cfg.out, cfg.storage)
     manifest_url = storage.join(cfg.out, "manifest.json")
     storage.remove(manifest_url, cfg.storage)  # from here until the end the folder is incomplete

@@ -112,7 +112,8 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed + 1000 * (rank + 1))  # but different mixup / SpecAugment draws
     # everything on the device first, then the optimizer and the restored state: an optimizer state
     # loaded before the model moved would stay on the CPU and the first step on a GPU would fail
-    model = ray.train.torch.prepare_model(model)
+    # the autoencoder baseline: a model per machine type, and a batch need not hold every type
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": loss_fn is None})
     core = model.module if hasattr(model, "module") else model
     loss_fn = loss_fn.to(device) if loss_fn is not None else None
     featex_fn = featex_fn.to(device) if featex_fn is not None else None
@@ -123,6 +124,8 @@ def train_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
         start_epoch = restore(state, core, loss_fn, featex_fn, opt)
+    machines = bundle_info(cfg, labels).machines  # class index -> machine type index, for the autoencoder
+    class_machine = torch.tensor([machines.index(c.split("|")[0]) for c in labels.classes], device=device)
     shard = ray.train.get_dataset_shard("train")
     val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
            if cfg.validation and rank == 0 else None)
@@ -138,10 +141,10 @@ def train_loop(config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
                                               local_shuffle_buffer_size=cfg.shuffle_buffer):
             audio = batch["audio"].float() / PCM16_FULL_SCALE  # int16 until here, on the device
-            if loss_fn is None:  # the autoencoder: reconstruct normal clips, no labels
+            if loss_fn is None:  # the autoencoder: reconstruct normal clips with their machine type's model
                 x = audio
                 with autocast(device):
-                    loss = model(x).mean()
+                    loss = model(x, class_machine[batch["label"]]).mean()
             else:
                 x, y = mixup(audio, F.one_hot(batch["label"], len(labels)).float(), cfg.mixup_alpha)
                 with autocast(device):

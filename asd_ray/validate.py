@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards, storage
+from asd_ray.autoencoder import MachineAutoEncoders
 from asd_ray.score import centroid_references, group_embeddings, reconstruction_references
 from asd_ray.storage import StorageOptions
 
@@ -107,11 +108,15 @@ def load_validation(cfg: ValidationConfig, train_data: str, machines: list[str] 
 
 
 @torch.no_grad()
-def _embed(model: torch.nn.Module, audio: np.ndarray, device: torch.device, batch: int = 32) -> np.ndarray:
+def _embed(model: torch.nn.Module, audio: np.ndarray, machines: np.ndarray, device: torch.device,
+           batch: int = 32) -> np.ndarray:
     out = []
     for i in range(0, len(audio), batch):
-        emb = model(torch.as_tensor(audio[i:i + batch], device=device)).float()
-        out.append((emb[:, None] if emb.ndim == 1 else F.normalize(emb, dim=1)).cpu().numpy())
+        wave = torch.as_tensor(audio[i:i + batch], device=device)
+        if isinstance(model, MachineAutoEncoders):  # its reconstruction error per clip
+            out.append(model(wave, model.index(machines[i:i + batch]).to(device)).float()[:, None].cpu().numpy())
+        else:
+            out.append(F.normalize(model(wave).float(), dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -121,11 +126,12 @@ def validation_score(model: torch.nn.Module, val: dict[str, dict[str, np.ndarray
     model.eval()
     try:
         r, t = val["refs"], val["test"]
-        emb = _embed(model, t["audio"], device)
-        if emb.shape[1] == 1:  # the autoencoder baseline: its reconstruction error is the score
+        emb = _embed(model, t["audio"], t["machine"], device)
+        if isinstance(model, MachineAutoEncoders):  # the autoencoder baseline: its reconstruction error is the score
             refs = reconstruction_references(set(zip(t["machine"], t["section"])))
         else:
-            refs = centroid_references(group_embeddings(_embed(model, r["audio"], device), r["machine"], r["section"],
+            ref_emb = _embed(model, r["audio"], r["machine"], device)
+            refs = centroid_references(group_embeddings(ref_emb, r["machine"], r["section"],
                                                          r["domain"]))
     finally:
         model.train(was_training)

@@ -1,26 +1,31 @@
-"""Quality: the dual-stream SCAdaCos system against the DCASE autoencoder baseline, both trained,
-scored and evaluated through the same jobs on the same synthetic benchmark.
+"""Quality on a suite of the synthetic world: every system trained, scored and evaluated through
+the same jobs users run (``asd-ray train``, ``asd-ray score``, ``asd-ray evaluate``).
 
-    python benchmarks/quality.py                                # the default synthetic benchmark (GPU-sized)
-    python benchmarks/quality.py --clip-seconds 5 --train-clips 150 --ae-epochs 30 --batch-size 32   # a CPU-sized run
-    python benchmarks/quality.py --gpu --workers 1
+    python benchmarks/quality.py --suite tune       # choose settings here
+    python benchmarks/quality.py --suite confirm    # then confirm them here (never choose on it)
+    python benchmarks/quality.py --suite tune --clip-seconds 5 --train-clips 150 --ae-epochs 30 --batch-size 32
     python benchmarks/quality.py ... --name scadacos-mix1 --set mixup_alpha=1.0 featex=0.5   # a variant
 
-Prints, per machine type, AUC (source), AUC (target), pAUC and the official score of both systems
-and the difference of official scores. Re-running with the same --out reuses the data and resumes
-or reuses the trained runs (the jobs' own resume).
+Systems: the dual-stream SCAdaCos model; the DCASE autoencoder baseline (a model per machine type)
+scored by MSE and by Mahalanobis distance; the hybrid (both models' scores, each normalised per
+machine and section, added: ``asd-ray score add_bundles=[...]``). Prints per machine type AUC
+(source), AUC (target), pAUC and the official score, per fault family AUC (source) / AUC (target),
+and each system's official score minus the stronger autoencoder score. Re-running with the same
+--out reuses the data and the trained runs (the jobs' own resume).
 """
 
 import argparse
 import time
 
+from sklearn.metrics import roc_auc_score
 
 from asd_ray import storage
 from asd_ray.cluster import ensure_ray
 from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import ScoreConfig, run_score
-from asd_ray.synth.generate import SUITES, Counts, SynthConfig, synthesize
+from asd_ray.score import ScoreConfig, read_scores, run_score
+from asd_ray.synth.generate import SUITES, Counts, SynthConfig, fault_of, synthesize
+from asd_ray.synth.machines import MACHINES
 from asd_ray.train import TrainConfig, train
 
 
@@ -61,42 +66,85 @@ def main() -> None:
     data = storage.join(args.out, "data")
     counts = Counts() if args.train_clips is None else Counts(train_source=args.train_clips)
     if not storage.exists(storage.join(data, "_manifest.json")):
-        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts, machines=list(suite.machines),
-                                   seed=suite.seed, named_attributes=not args.hidden_attributes))
+        s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts,
+                                   machines=list(suite.machines), seed=suite.seed,
+                                   named_attributes=not args.hidden_attributes))
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)
-    systems = {"dual-stream SCAdaCos": load_config(TrainConfig, None, args.set, name=args.name, epochs=args.epochs,
-                                                   **common),
-               "autoencoder baseline": TrainConfig(name="autoencoder", method="autoencoder", epochs=args.ae_epochs,
-                                                   mixup_alpha=0.0, **common)}
-    results, seconds = {}, {}
-    for label, cfg in systems.items():
+    trainings = {"dual": load_config(TrainConfig, None, args.set, name=args.name, epochs=args.epochs, **common),
+                 "ae": TrainConfig(name="ae-per-machine", method="autoencoder", epochs=args.ae_epochs,
+                                   mixup_alpha=0.0, **common)}
+    score = dict(data=data, batch_size=args.batch_size, use_gpu=args.gpu, references=args.references)
+    systems = {  # label: (models, scoring settings)
+        "dual-stream SCAdaCos": (["dual"], {}),
+        "autoencoder (MSE)": (["ae"], {"autoencoder_score": "mse"}),
+        "autoencoder (Mahalanobis)": (["ae"], {"autoencoder_score": "mahalanobis"}),
+        "hybrid: dual-stream + autoencoder (Mahalanobis)": (["dual", "ae"], {"autoencoder_score": "mahalanobis"}),
+    }
+    bundles, seconds = {}, {}
+    for key, cfg in trainings.items():
         t0 = time.time()
-        trained = train(cfg)
-        out = storage.join(args.out, "scores", cfg.name)
-        run_score(ScoreConfig(bundle=trained["bundle"], data=data, out=out, batch_size=args.batch_size,
-                              use_gpu=args.gpu, references=args.references))
+        bundles[key] = train(cfg)["bundle"]
+        seconds[f"train {cfg.name}"] = time.time() - t0
+    results, tables = {}, {}
+    for i, (label, (models, extra)) in enumerate(systems.items()):
+        t0 = time.time()
+        out = storage.join(args.out, "scores", f"{i}-{'+'.join(models)}-{extra.get('autoencoder_score', '')}")
+        run_score(ScoreConfig(bundle=bundles[models[0]], add_bundles=[bundles[m] for m in models[1:]], out=out,
+                              references_to=storage.join(out, "references.npz"), **score, **extra))
         results[label] = run_evaluate(EvaluateConfig(scores=out))
-        seconds[label] = time.time() - t0
+        tables[label] = read_scores(out)
+        seconds[f"score {label}"] = time.time() - t0
+    report(args, data, results, tables, seconds)
 
-    ours, base = (per_machine(results[k]) for k in systems)
-    print(f"\nquality on {data} ({args.clip_seconds:g} s clips); metrics in %")
-    print("| machine | system | AUC source | AUC target | pAUC | h-mean of the three |")
+
+def fault_aucs(table) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per (machine, fault family): AUC (source) and AUC (target) of that fault's clips against the
+    normal clips of their section and domain (the generator names a clip's fault by its index)."""
+    d = table.to_pydict()
+    faults = [fault_of(m, c) if lab == "anomaly" else "" for m, c, lab in zip(d["machine"], d["clip_id"], d["label"])]
+    out = {}
+    for machine in sorted(set(d["machine"])):
+        for fault in MACHINES[machine].anomalies:
+            aucs = []
+            for domain in ("source", "target"):
+                rows = [i for i in range(len(faults)) if d["machine"][i] == machine and d["domain"][i] == domain
+                        and faults[i] in ("", fault)]
+                aucs.append(roc_auc_score([faults[i] == fault for i in rows], [d["score"][i] for i in rows]))
+            out[(machine, fault)] = tuple(aucs)
+    return out
+
+
+def report(args, data: str, results: dict, tables: dict, seconds: dict) -> None:
+    per = {label: per_machine(r) for label, r in results.items()}
+    baselines = [label for label in results if label.startswith("autoencoder")]
+    print(f"\nquality on {data} (suite {args.suite}, {args.clip_seconds:g} s clips); metrics in %")
+    print("| machine | system | AUC source | AUC target | pAUC | official (h-mean) |")
     print("|---|---|---|---|---|---|")
-    for m in ours:
-        for label, table in zip(systems, (ours, base)):
+    machines = list(next(iter(per.values())))
+    for m in machines:
+        for label, table in per.items():
             r = table[m]
             print(f"| {m} | {label} | {100 * r['auc_source']:.2f} | {100 * r['auc_target']:.2f} | "
                   f"{100 * r['pauc']:.2f} | {100 * r['official']:.2f} |")
-    for label in systems:
+    for label in per:
         print(f"| all | {label} | | | | {100 * results[label]['official_score']:.2f} |")
-    diff = {m: 100 * (ours[m]["official"] - base[m]["official"]) for m in ours}
-    ours_label, base_label = systems
-    total = 100 * (results[ours_label]["official_score"] - results[base_label]["official_score"])
-    print(f"\nofficial score, SCAdaCos minus autoencoder: all {total:+.2f} points; per machine type (h-mean): "
-          + ", ".join(f"{m} {d:+.2f}" for m, d in diff.items()))
-    print("train + score + evaluate time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
+    print("\nper fault family, AUC source / AUC target:")
+    faults = {label: fault_aucs(t) for label, t in tables.items()}
+    print("| machine | fault | " + " | ".join(faults) + " |")
+    print("|---|---|" + "---|" * len(faults))
+    for key in next(iter(faults.values())):
+        print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{100 * f[key][0]:.0f} / {100 * f[key][1]:.0f}"
+                                                        for f in faults.values()) + " |")
+    best = {m: max(per[b][m]["official"] for b in baselines) for m in machines}
+    best_all = max(results[b]["official_score"] for b in baselines)
+    print("\nofficial score minus the stronger autoencoder score (all; per machine type):")
+    for label in per:
+        if label not in baselines:
+            print(f"- {label}: {100 * (results[label]['official_score'] - best_all):+.2f}; " + ", ".join(
+                f"{m} {100 * (per[label][m]['official'] - best[m]):+.2f}" for m in machines))
+    print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,13 @@ def plan(cfg: SynthConfig) -> list[Block]:
     return blocks
 
 
+def fault_of(machine: str, clip_id: str) -> str:
+    """The fault family of an anomalous synthetic clip: the generator deals them in turn by the
+    clip's index (the 4-digit number in its name)."""
+    index = int(clip_id.rsplit("/", 1)[-1].split("_")[5])
+    return MACHINES[machine].anomalies[index % len(MACHINES[machine].anomalies)]
+
+
 def _key(*parts) -> list[int]:
     """A numpy seed from mixed parts (strings hashed stably, unlike ``hash``)."""
     return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]

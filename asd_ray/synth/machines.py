@@ -341,7 +341,8 @@ class Conveyor(Machine):
         rumble = np.zeros((n, T), np.float32)
         for d in inst["rollers"]:  # each idler roller's noise, modulated at its rotation rate
             ph = dsp.phase(np.repeat(col(v / (np.pi * d)), T, axis=1), sr, rng)
-            band = dsp.shaped_noise(rng, n, T, sr, dsp.bandpass_env((600 + 2000 * d) * (0.4 + v / 2.5), np.full(n, 500.0)))
+            centre = (600 + 2000 * d) * (0.4 + v / 2.5)  # friction noise rises with the belt speed
+            band = dsp.shaped_noise(rng, n, T, sr, dsp.bandpass_env(centre, np.full(n, 500.0)))
             rumble += band * (1 + 0.5 * np.cos(ph))
         x = dsp.unit_rms(rumble) + (0.3 + 0.5 * load) * dsp.shaped_noise(rng, n, T, sr,
                                                                           dsp.lowpass_env(np.full(n, 150.0), 2.0))
