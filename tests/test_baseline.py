@@ -2,13 +2,14 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from asd_ray import bundle
-from asd_ray.autoencoder import AEConfig, MelAutoEncoder, mel_filterbank
+from asd_ray.autoencoder import AEConfig, MachineAutoEncoders, MelAutoEncoder, mel_filterbank
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import ScoreConfig, read_scores, run_score
+from asd_ray.score import References, ScoreConfig, read_scores, run_score
 from asd_ray.train import TrainConfig, train
 
 
@@ -25,6 +26,23 @@ def test_mel_filterbank_and_frame_vectors():
     assert torch.allclose(feats[:, 0, 128:256], feats[:, 1, :128])
     with torch.no_grad():
         assert model(wave).shape == (3,)
+
+
+def test_each_clip_goes_through_its_machine_types_model():
+    torch.manual_seed(0)
+    model = MachineAutoEncoders(["fan", "pump"], AEConfig(n_mels=32, hidden=32)).eval()
+    wave = torch.randn(4, 8000)
+    machine = model.index(["fan", "pump", "toaster", "fan"])
+    assert machine.tolist() == [0, 1, -1, 0]
+    with torch.no_grad():
+        before = model(wave, machine)
+        features = model.score_features(wave, machine)
+        for p in model.members[1].parameters():  # change the pump's model only
+            p.add_(0.5)
+        after = model(wave, machine)
+    assert torch.isnan(before[2]) and torch.isnan(features[2]).all()  # no model for a toaster
+    assert torch.equal(before[[0, 3]], after[[0, 3]]) and before[1] != after[1]
+    assert features.shape == (4, 1 + 32 * 5) and torch.allclose(features[[0, 1, 3], 0], before[[0, 1, 3]])
 
 
 def test_reconstruction_loss_falls():
@@ -63,13 +81,23 @@ def test_autoencoder_trains_and_scores_through_the_same_jobs(ae_data, tmp_path):
     assert losses[-1] < losses[0], losses
     assert 0 <= result["metrics"]["official_score"] <= 1
     model, loss_fn, info = bundle.load_bundle(result["bundle"])
-    assert info.method == "autoencoder" and loss_fn is None and isinstance(model, MelAutoEncoder)
+    assert info.method == "autoencoder" and loss_fn is None and isinstance(model, MachineAutoEncoders)
+    assert model.machines == ["fan", "pump"]  # a model per machine type, one bundle
 
-    out = str(tmp_path / "scores")
-    summary = run_score(ScoreConfig(bundle=result["bundle"], data=ae_data, out=out, batch_size=8))
-    table = read_scores(out)
-    assert summary["scored"] == table.num_rows == 2 * 2 * 8  # 2 machines x 2 domains x (4 normal + 4 anomalous)
-    assert max(table["score"].to_pylist()) > 2  # reconstruction errors (dB^2), not cosine distances in [0, 2]
-    assert os.path.exists(os.path.join(out, "anomaly_score_fan_section_00_test.csv"))
-    evaluation = run_evaluate(EvaluateConfig(scores=out))
-    assert 0 <= evaluation["official_score"] <= 1
+    tables = {}
+    for how in ("mse", "mahalanobis"):
+        out = str(tmp_path / f"scores-{how}")
+        cfg = ScoreConfig(bundle=result["bundle"], data=ae_data, out=out, batch_size=8, autoencoder_score=how)
+        summary = run_score(cfg)
+        tables[how] = read_scores(out)
+        # 2 machines x 2 domains x (4 normal + 4 anomalous)
+        assert summary["scored"] == tables[how].num_rows == 2 * 2 * 8
+        assert os.path.exists(os.path.join(out, "anomaly_score_fan_section_00_test.csv"))
+        assert 0 <= run_evaluate(EvaluateConfig(scores=out))["official_score"] <= 1
+        refs = References.from_bytes(open(cfg.references_url, "rb").read())
+        assert refs.meta["method"] == {"mse": "reconstruction", "mahalanobis": "mahalanobis"}[how]
+    assert min(tables["mse"]["score"].to_pylist()) > 2  # reconstruction errors (dB^2), not cosine distances
+    # Mahalanobis: a Gaussian per section and domain over the clips' mean error vectors (64 mels x 5 frames)
+    assert {k: v.shape for k, v in refs.precisions.items()} == {(m, "00"): (2, 320, 320) for m in ("fan", "pump")}
+    assert np.isfinite(tables["mahalanobis"]["score"].to_numpy()).all()
+    assert tables["mse"]["score"].to_pylist() != tables["mahalanobis"]["score"].to_pylist()

@@ -31,6 +31,49 @@ def trained(ray_local, s3_endpoint):
     return result["bundle"]
 
 
+@pytest.fixture(scope="module")
+def ae_bundle(trained):
+    """The autoencoder baseline on the same data (a model per machine type), tiny."""
+    return train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="ae", method="autoencoder", epochs=1,
+                             batch_size=8, clip_seconds=1.0, mixup_alpha=0.0, cpus_per_worker=1,
+                             autoencoder={"n_mels": 32, "hidden": 32}))["bundle"]
+
+
+def test_added_detectors_sum_their_scores_normalised_per_section(trained, ae_bundle):
+    """The hybrid score: each detector's score standardised by its training clips' scores of that
+    machine and section, then added; thresholds from the summed training scores."""
+    runs = {}
+    for name, main, added in (("dual", trained, []), ("ae", ae_bundle, []), ("hybrid", trained, [ae_bundle])):
+        cfg = ScoreConfig(bundle=main, add_bundles=added, data=f"{B}/data", out=f"{B}/out-{name}", batch_size=8,
+                          references_to=f"{B}/out-{name}/refs.npz")
+        run_score(cfg)
+        runs[name] = (read_scores(cfg.out), [References.from_bytes(storage.read_bytes(u))
+                                             for u in cfg.references_urls()])
+    (dual, _), (ae, _), (hybrid, refs) = runs["dual"], runs["ae"], runs["hybrid"]
+    assert [r.meta["method"] for r in refs] == ["knn", "mahalanobis"] and len(refs[0].meta["norms"]) == 2
+    assert refs[1].meta["bundle"] == ae_bundle
+    for machine in ("compressor", "fan"):
+        (mu0, sd0), (mu1, sd1) = refs[0].meta["norms"][f"{machine}|00"]
+        assert sd0 > 0 and sd1 > 0
+        rows = np.flatnonzero(np.array(hybrid["machine"].to_pylist()) == machine)
+        expected = ((dual["score"].to_numpy()[rows] - mu0) / sd0 + (ae["score"].to_numpy()[rows] - mu1) / sd1)
+        assert np.allclose(hybrid["score"].to_numpy()[rows], expected)
+        assert np.isfinite(refs[0].thresholds[(machine, "00")])
+        decided = hybrid["decision"].to_numpy()[rows] == 1
+        assert (decided == (hybrid["score"].to_numpy()[rows] > refs[0].thresholds[(machine, "00")])).all()
+
+
+def test_an_added_autoencoder_without_a_model_for_a_machine_type_is_refused(trained):
+    fan_ae = train(TrainConfig(data=f"{B}/fan-only", storage_path=f"{B}/runs", name="ae-fan", method="autoencoder",
+                               epochs=1, batch_size=8, clip_seconds=1.0, mixup_alpha=0.0, cpus_per_worker=1,
+                               autoencoder={"n_mels": 32, "hidden": 32}))["bundle"]
+    cfg = ScoreConfig(bundle=trained, add_bundles=[fan_ae], data=f"{B}/data", out=f"{B}/out-refused", batch_size=8,
+                      references_to=f"{B}/out-refused/refs.npz")
+    with pytest.raises(ValueError, match="no model for machine type 'compressor'"):
+        run_score(cfg)
+    assert not storage.exists(f"{B}/out-refused/manifest.json")
+
+
 def _test_clip_ids(data):
     return sorted(i for u in shards.list_shards(data, split="test")
                   for i in shards.read_shard(u, columns=["clip_id"])["clip_id"].to_pylist())
