@@ -4,7 +4,7 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import schema, shards
 from asd_ray.ingest import parse_name
-from asd_ray.synth.generate import Block, plan, render_block, shard_jobs
+from asd_ray.synth.generate import SUITES, Block, SynthConfig, fault_of, plan, render_block, shard_jobs
 from asd_ray.synth.machines import MACHINES
 
 
@@ -135,3 +135,23 @@ def test_hidden_attributes_change_the_names_not_the_sound(tiny_synth_config):
     for row in hidden:
         assert row["attributes"] == {} and row["clip_id"].endswith("_noAttribute")
         assert parse_name("fan", "train", row["clip_id"].split("/")[-1])["attributes"] == {}
+
+
+def test_tune_and_confirm_suites_split_the_world():
+    """Settings are chosen on one part of the synthetic world and confirmed on another: no machine
+    type in both, every machine type in one, other seeds; a plain synth run makes the tune suite."""
+    tune, confirm = SUITES["tune"], SUITES["confirm"]
+    assert not set(tune.machines) & set(confirm.machines) and tune.seed != confirm.seed
+    assert sorted(tune.machines + confirm.machines) == sorted(MACHINES)
+    assert SynthConfig().machines == list(tune.machines)
+    kinds = {kind for m in confirm.machines for kind in MACHINES[m].shift} | {"operating conditions only"
+                                                                             for m in confirm.machines
+                                                                             if not MACHINES[m].shift}
+    assert len(kinds) == len(confirm.machines)  # each confirm machine type shifts its own way
+
+
+def test_fault_family_of_a_clip(tiny_synth_config):
+    cfg = tiny_synth_config("out")
+    rows = render_block(cfg, Block("valve", 0, "test", "target", "anomaly", 16, 6))
+    assert [fault_of("valve", r["clip_id"]) for r in rows] == [MACHINES["valve"].anomalies[i % 3]
+                                                               for i in range(16, 22)]
