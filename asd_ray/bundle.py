@@ -3,7 +3,9 @@
 ``<url>/weights.pt``   tensors only (model state and loss centres/scale), loaded with
                        ``torch.load(weights_only=True)``, so loading never runs pickled code
 ``<url>/bundle.json``  format version, model config, label map, sample rate, clip length, training
-                       summary; written last, so a bundle without it is incomplete and refused
+                       summary, companions; written last, so a bundle without it is incomplete and refused
+``<url>/autoencoder/`` the companion: the autoencoder baseline trained beside a dual-stream model
+                       (a bundle of its own), whose score ``asd-ray score`` adds (the hybrid score)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from asd_ray.model import DualStreamNet, ModelConfig
 from asd_ray.storage import StorageOptions
 
 BUNDLE_VERSION = 2
+AUTOENCODER_COMPANION = "autoencoder"  # the folder, inside a dual-stream bundle, of the autoencoder trained beside it
 # what version-1 bundles, written before these model options existed, were trained with
 V1_MODEL = {"fft_magnitude": "log", "level_norm": False, "spec_mean_norm": False}
 
@@ -38,6 +41,7 @@ class BundleInfo(BaseModel):
     sample_rate: int
     clip_samples: int
     training: dict = {}
+    companions: list[str] = []  # bundles inside this one (folder names) whose scores ``score`` adds by default
 
     @property
     def machines(self) -> list[str]:

@@ -12,9 +12,17 @@ nearest-neighbour distance (so that the dense, many-clip source domain and the f
 are on one scale when the minimum over both is taken).
 They are saved beside the model (``<bundle>/references.npz``, numpy arrays only).
 Score = minimum cosine distance (1 - cosine similarity; for ``knn``, domain-normalised) to the
-references of the clip's machine and section, both domains. Decision threshold: a gamma
-distribution fitted to the training clips' scores per machine and section, at
-``decision_percentile`` (as the DCASE baseline does).
+references of the clip's machine and section, both domains. For an autoencoder bundle: its mean
+squared reconstruction error, or the Mahalanobis distance of its mean error vector to a Gaussian
+per domain (minimum over both). Decision threshold: a gamma distribution fitted to the training
+clips' scores per machine and section, at ``decision_percentile`` (as the DCASE baseline does).
+
+Hybrid score (the default for a bundle trained with its companion autoencoder; any models with
+``add_bundles``): every model scores every clip in the same actor; each model's score is
+standardised per machine and section by the mean and standard deviation of its training clips'
+scores (leave-one-out where they are references) and the standardised scores are added, so that
+a fault one detector ignores still raises the sum. Thresholds: a normal distribution fitted to
+the summed training scores.
 
 Test clips need no domain or label (the everyday case: new recordings, the DCASE evaluation
 set); those stay null in the outputs. Outputs under ``out``: ``scores.parquet`` (clip_id,
@@ -71,6 +79,8 @@ class ScoreConfig(JobConfig):
         "knn", description="knn: every training clip, distances scaled per domain (best measured); "
                            "kmeans: Wilkinghoff's; centroid: the tech report's")
     kmeans_clusters: int = Field(16, ge=1)
+    companions: bool = Field(True, description="add the scores of the models trained beside the bundle's (its "
+                                               "companion autoencoder: the hybrid score); false: the model alone")
     add_bundles: list[str] = Field(default_factory=list, description="more models (any method) whose scores are "
                                    "added: each detector's score is normalised per machine and section by its "
                                    "training clips' scores (mean 0, standard deviation 1) and the sum is the score")
@@ -469,7 +479,11 @@ def submission_files(table: pa.Table) -> dict[str, bytes]:
 
 def run_score(cfg: ScoreConfig) -> dict:
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
-    infos = [bundle.load_bundle(url, cfg.storage)[2] for url in cfg.bundles]
+    main = bundle.load_bundle(cfg.bundle, cfg.storage)[2]
+    if cfg.companions:  # from here on the models are named explicitly (and so in the manifest)
+        cfg = cfg.model_copy(update={"companions": False, "add_bundles": [
+            *(storage.join(cfg.bundle, c) for c in main.companions), *cfg.add_bundles]})
+    infos = [main, *(bundle.load_bundle(url, cfg.storage)[2] for url in cfg.add_bundles)]
     for url, info in zip(cfg.bundles[1:], infos[1:]):
         if info.sample_rate != infos[0].sample_rate:
             raise ValueError(f"add_bundles: {url} was trained at {info.sample_rate} Hz, {cfg.bundle} at "

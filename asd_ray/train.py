@@ -42,7 +42,7 @@ SETTINGS_FILE = "settings.json"
 # and how many epochs it runs in all
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
-             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb"}
+             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "autoencoder_epochs"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
@@ -85,6 +85,10 @@ class TrainConfig(JobConfig):
                                                                  "(reported as official_score)")
     method: Literal["scadacos", "autoencoder"] = Field(
         "scadacos", description="scadacos: the dual-stream model; autoencoder: the DCASE baseline (comparator)")
+    autoencoder_epochs: int = Field(30, ge=0, description="method=scadacos: epochs of the autoencoder baseline (a "
+                                    "model per machine type) trained after the dual-stream model in the same job, "
+                                    "as run '<name>-autoencoder', into <bundle>/autoencoder; asd-ray score adds "
+                                    "its normalised score to the embedding distance (the hybrid score). 0: none")
     model: ModelConfig = ModelConfig()
     autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
@@ -213,6 +217,16 @@ def bundle_info(cfg: TrainConfig, labels: LabelMap, training: dict | None = None
                              clip_samples=cfg.clip_samples, training=training or {})
 
 
+def companion_config(cfg: TrainConfig) -> TrainConfig | None:
+    """The autoencoder trained beside a dual-stream model: the same data and workers, its own run
+    (so it resumes by itself) and bundle, inside the dual-stream model's."""
+    if cfg.method != "scadacos" or cfg.autoencoder_epochs == 0:
+        return None
+    return cfg.model_copy(update={"name": f"{cfg.name}-autoencoder", "method": "autoencoder",
+                                  "epochs": cfg.autoencoder_epochs, "mixup_alpha": 0.0, "validation": None,
+                                  "bundle": storage.join(cfg.bundle_url, bundle.AUTOENCODER_COMPANION)})
+
+
 def _maybe_fail(epoch: int, rank: int) -> None:
     """Test-only fault hook: with both env vars set, rank 0 dies hard once at that epoch."""
     at, marker = os.environ.get(FAULT_EPOCH_ENV), os.environ.get(FAULT_MARKER_ENV)
@@ -313,14 +327,30 @@ def epochs_done(cfg: TrainConfig) -> int:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) and write the model bundle; returns a summary with per-epoch metrics."""
+    """Train (or resume) the model, then its companion autoencoder if any, and write the model
+    bundle last; returns a summary with per-epoch metrics."""
     cfg = resolved(cfg)
-    check_settings(cfg)  # first: a refused resume reads no data
-    done = epochs_done(cfg)
-    if done > cfg.epochs:
-        raise ValueError(f"run '{cfg.name}' in {cfg.storage_path} has {done} epochs done, more than "
-                         f"epochs={cfg.epochs}: ask for at least {done}, or give this run a new name")
+    companion = companion_config(cfg)
+    for run in (cfg, companion) if companion else (cfg,):  # first: a refused resume reads no data
+        check_settings(run)
+        done = epochs_done(run)
+        if done > run.epochs:
+            raise ValueError(f"run '{run.name}' in {run.storage_path} has {done} epochs done, more than "
+                             f"epochs={run.epochs}: ask for at least {done}, or give this run a new name")
     labels = label_map(cfg)
+    summary, info, weights = _fit(cfg, labels)
+    if companion:  # its bundle first: the dual-stream bundle, written last, names it
+        print(f"train: the companion autoencoder, {companion.epochs} epochs (run '{companion.name}')", flush=True)
+        summary["companion"], ae_info, ae_weights = _fit(companion, labels)
+        bundle.save_bundle(companion.bundle_url, ae_info, ae_weights, cfg.storage)
+        info = info.model_copy(update={"companions": [bundle.AUTOENCODER_COMPANION]})
+    bundle.save_bundle(cfg.bundle_url, info, weights, cfg.storage)
+    return summary
+
+
+def _fit(cfg: TrainConfig, labels: LabelMap) -> tuple[dict, bundle.BundleInfo, bytes]:
+    """One Ray Train run (or its resume): its summary, bundle description and weights."""
+    done = epochs_done(cfg)
     result = make_trainer(cfg, labels, first_epoch=done).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
@@ -334,12 +364,16 @@ def train(cfg: TrainConfig) -> dict:
     model.load_state_dict(state["model"])
     if loss_fn is not None:
         loss_fn.load_state_dict(state["loss"])
-    bundle.save_bundle(cfg.bundle_url, info, bundle.weights_bytes(model, loss_fn), cfg.storage)
-    return {"bundle": cfg.bundle_url, "metrics": result.metrics, "history": history,
-            "checkpoint": result.checkpoint.path, "classes": len(labels)}
+    return ({"bundle": cfg.bundle_url, "metrics": result.metrics, "history": history,
+             "checkpoint": result.checkpoint.path, "classes": len(labels)}, info, bundle.weights_bytes(model, loss_fn))
 
 
 def summary_text(summary: dict) -> str:
     m = summary["metrics"]
-    return (f"trained {m['epoch'] + 1} epochs: loss {m['loss']:.4f}, aux accuracy {m['accuracy']:.3f}; "
+    text = (f"trained {m['epoch'] + 1} epochs: loss {m['loss']:.4f}, aux accuracy {m['accuracy']:.3f}; "
             f"model bundle at {summary['bundle']}\n" + json.dumps(m, indent=None))
+    if "companion" in summary:
+        c = summary["companion"]["metrics"]
+        text += (f"\ncompanion autoencoder: {c['epoch'] + 1} epochs, reconstruction loss {c['loss']:.4f}; "
+                 f"bundle at {summary['companion']['bundle']}")
+    return text

@@ -6,9 +6,10 @@ the same jobs users run (``asd-ray train``, ``asd-ray score``, ``asd-ray evaluat
     python benchmarks/quality.py --suite tune --clip-seconds 5 --train-clips 150 --ae-epochs 30 --batch-size 32
     python benchmarks/quality.py ... --name scadacos-mix1 --set mixup_alpha=1.0 featex=0.5   # a variant
 
-Systems: the dual-stream SCAdaCos model; the DCASE autoencoder baseline (a model per machine type)
-scored by MSE and by Mahalanobis distance; the hybrid (both models' scores, each normalised per
-machine and section, added: ``asd-ray score add_bundles=[...]``). Prints per machine type AUC
+One ``asd-ray train`` job as users run it trains the dual-stream model and its companion, the
+DCASE autoencoder baseline (a model per machine type). Systems scored: the dual-stream model
+alone (``companions=false``); the autoencoder by MSE and by Mahalanobis distance; the hybrid, the
+default (both models' scores, each normalised per machine and section, added). Prints per machine type AUC
 (source), AUC (target), pAUC and the official score, per fault family AUC (source) / AUC (target),
 and each system's official score minus the stronger autoencoder score. Re-running with the same
 --out reuses the data and the trained runs (the jobs' own resume).
@@ -20,6 +21,7 @@ import time
 from sklearn.metrics import roc_auc_score
 
 from asd_ray import storage
+from asd_ray.bundle import AUTOENCODER_COMPANION
 from asd_ray.cluster import ensure_ray
 from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
@@ -49,7 +51,7 @@ def main() -> None:
                    help="synthesize the clips without attribute names (noAttribute), as DCASE 2024/2025 do for "
                         "several machine types")
     p.add_argument("--epochs", type=int, default=6, help="dual-stream epochs")
-    p.add_argument("--ae-epochs", type=int, default=50, help="autoencoder epochs")
+    p.add_argument("--ae-epochs", type=int, default=30, help="autoencoder epochs (asd-ray train's default)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--references", default="knn", choices=["knn", "kmeans", "centroid"],
@@ -72,27 +74,25 @@ def main() -> None:
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)
-    trainings = {"dual": load_config(TrainConfig, None, args.set, name=args.name, epochs=args.epochs, **common),
-                 "ae": TrainConfig(name="ae-per-machine", method="autoencoder", epochs=args.ae_epochs,
-                                   mixup_alpha=0.0, **common)}
-    score = dict(data=data, batch_size=args.batch_size, use_gpu=args.gpu, references=args.references)
-    systems = {  # label: (models, scoring settings)
-        "dual-stream SCAdaCos": (["dual"], {}),
-        "autoencoder (MSE)": (["ae"], {"autoencoder_score": "mse"}),
-        "autoencoder (Mahalanobis)": (["ae"], {"autoencoder_score": "mahalanobis"}),
-        "hybrid: dual-stream + autoencoder (Mahalanobis)": (["dual", "ae"], {"autoencoder_score": "mahalanobis"}),
+    # one training job, as users run it: the dual-stream model and its companion autoencoder
+    cfg = load_config(TrainConfig, None, args.set, name=args.name, epochs=args.epochs,
+                      autoencoder_epochs=args.ae_epochs, **common)
+    t0 = time.time()
+    main = train(cfg)["bundle"]
+    seconds = {f"train {cfg.name} (with its autoencoder)": time.time() - t0}
+    ae = storage.join(main, AUTOENCODER_COMPANION)
+    systems = {  # label: scoring settings
+        "dual-stream SCAdaCos": dict(bundle=main, companions=False),
+        "autoencoder (MSE)": dict(bundle=ae, autoencoder_score="mse"),
+        "autoencoder (Mahalanobis)": dict(bundle=ae, autoencoder_score="mahalanobis"),
+        "hybrid (default): dual-stream + autoencoder (Mahalanobis)": dict(bundle=main),
     }
-    bundles, seconds = {}, {}
-    for key, cfg in trainings.items():
-        t0 = time.time()
-        bundles[key] = train(cfg)["bundle"]
-        seconds[f"train {cfg.name}"] = time.time() - t0
     results, tables = {}, {}
-    for i, (label, (models, extra)) in enumerate(systems.items()):
+    for i, (label, fields) in enumerate(systems.items()):
         t0 = time.time()
-        out = storage.join(args.out, "scores", f"{i}-{'+'.join(models)}-{extra.get('autoencoder_score', '')}")
-        run_score(ScoreConfig(bundle=bundles[models[0]], add_bundles=[bundles[m] for m in models[1:]], out=out,
-                              references_to=storage.join(out, "references.npz"), **score, **extra))
+        out = storage.join(args.out, "scores", args.name, str(i))
+        run_score(ScoreConfig(data=data, batch_size=args.batch_size, use_gpu=args.gpu, references=args.references,
+                              out=out, references_to=storage.join(out, "references.npz"), **fields))
         results[label] = run_evaluate(EvaluateConfig(scores=out))
         tables[label] = read_scores(out)
         seconds[f"score {label}"] = time.time() - t0

@@ -197,7 +197,7 @@ def test_no_job_autocasts_on_the_cpu(tmp_path):
     save_bundle(str(tmp_path / "b"), info, weights_bytes(DualStreamNet(SMALL), SubClusterAdaCos(32, 2, 2)))
     embedder = Embedder(str(tmp_path / "b"), {}, use_gpu=False)
     seen = []
-    embedder.model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    embedder.models[0].register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
     x, _ = tones(1, 2)
     batch = {"clip_id": np.array(["fan/test/a", "fan/test/b"], object), "machine": np.array(["fan"] * 2, object),
              "section": np.array(["00"] * 2, object), "domain": np.array([None, None], object),

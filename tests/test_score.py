@@ -2,13 +2,14 @@
 
 import csv
 import io
+import json
 
 import boto3
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd_ray import cli, shards, storage
+from asd_ray import bundle, cli, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.score import References, ScoreConfig, kmeans_references, knn_references, nearest, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
@@ -27,40 +28,48 @@ def trained(ray_local, s3_endpoint):
                progress=False)
     synthesize(SynthConfig(out=f"{B}/fan-only", clip_seconds=1.0, machines=["fan"], counts=counts), progress=False)
     result = train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="m", epochs=2, batch_size=8,
-                               clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1))
+                               clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1,
+                               autoencoder_epochs=0))
     return result["bundle"]
 
 
 @pytest.fixture(scope="module")
-def ae_bundle(trained):
-    """The autoencoder baseline on the same data (a model per machine type), tiny."""
-    return train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="ae", method="autoencoder", epochs=1,
-                             batch_size=8, clip_seconds=1.0, mixup_alpha=0.0, cpus_per_worker=1,
-                             autoencoder={"n_mels": 32, "hidden": 32}))["bundle"]
+def hybrid(trained):
+    """A dual-stream model trained with its companion autoencoder (the default), tiny."""
+    return train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="h", epochs=1, batch_size=8,
+                             clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1,
+                             autoencoder_epochs=1, autoencoder={"n_mels": 32, "hidden": 32}))
 
 
-def test_added_detectors_sum_their_scores_normalised_per_section(trained, ae_bundle):
-    """The hybrid score: each detector's score standardised by its training clips' scores of that
-    machine and section, then added; thresholds from the summed training scores."""
+def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybrid):
+    """By default a model trained with its companion autoencoder scores with both: each detector's
+    score standardised by its training clips' scores of that machine and section, then added;
+    thresholds from the summed training scores."""
+    main, companion = hybrid["bundle"], hybrid["companion"]["bundle"]
+    assert companion == f"{main}/autoencoder" and bundle.load_bundle(main)[2].companions == ["autoencoder"]
+    assert bundle.load_bundle(companion)[2].method == "autoencoder"
     runs = {}
-    for name, main, added in (("dual", trained, []), ("ae", ae_bundle, []), ("hybrid", trained, [ae_bundle])):
-        cfg = ScoreConfig(bundle=main, add_bundles=added, data=f"{B}/data", out=f"{B}/out-{name}", batch_size=8,
-                          references_to=f"{B}/out-{name}/refs.npz")
+    for name, fields in (("dual", dict(bundle=main, companions=False)), ("ae", dict(bundle=companion)),
+                         ("hybrid", dict(bundle=main))):
+        cfg = ScoreConfig(data=f"{B}/data", out=f"{B}/out-{name}", batch_size=8,
+                          references_to=f"{B}/out-{name}/refs.npz", **fields)
         run_score(cfg)
-        runs[name] = (read_scores(cfg.out), [References.from_bytes(storage.read_bytes(u))
-                                             for u in cfg.references_urls()])
-    (dual, _), (ae, _), (hybrid, refs) = runs["dual"], runs["ae"], runs["hybrid"]
+        urls = [cfg.references_url] + ([f"{B}/out-{name}/refs-1.npz"] if name == "hybrid" else [])
+        runs[name] = (read_scores(cfg.out), [References.from_bytes(storage.read_bytes(u)) for u in urls])
+    (dual, _), (ae, _), (scores, refs) = runs["dual"], runs["ae"], runs["hybrid"]
     assert [r.meta["method"] for r in refs] == ["knn", "mahalanobis"] and len(refs[0].meta["norms"]) == 2
-    assert refs[1].meta["bundle"] == ae_bundle
+    assert refs[1].meta["bundle"] == companion
+    manifest = json.loads(storage.read_bytes(f"{B}/out-hybrid/manifest.json"))
+    assert manifest["config"]["add_bundles"] == [companion]  # what was used, named
     for machine in ("compressor", "fan"):
         (mu0, sd0), (mu1, sd1) = refs[0].meta["norms"][f"{machine}|00"]
         assert sd0 > 0 and sd1 > 0
-        rows = np.flatnonzero(np.array(hybrid["machine"].to_pylist()) == machine)
+        rows = np.flatnonzero(np.array(scores["machine"].to_pylist()) == machine)
         expected = ((dual["score"].to_numpy()[rows] - mu0) / sd0 + (ae["score"].to_numpy()[rows] - mu1) / sd1)
-        assert np.allclose(hybrid["score"].to_numpy()[rows], expected)
-        assert np.isfinite(refs[0].thresholds[(machine, "00")])
-        decided = hybrid["decision"].to_numpy()[rows] == 1
-        assert (decided == (hybrid["score"].to_numpy()[rows] > refs[0].thresholds[(machine, "00")])).all()
+        assert np.allclose(scores["score"].to_numpy()[rows], expected)
+        threshold = refs[0].thresholds[(machine, "00")]
+        assert np.isfinite(threshold)
+        assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
 
 
 def test_an_added_autoencoder_without_a_model_for_a_machine_type_is_refused(trained):

@@ -30,7 +30,7 @@ def sweep_data(ray_local, tmp_path_factory):
 def _sweep(data: str, storage_path: str, name: str, **kw) -> SweepConfig:
     train_cfg = dict(data=data, num_workers=1, cpus_per_worker=0.5, epochs=3, batch_size=8, clip_seconds=1.0,
                      n_subclusters=2, storage_path=os.path.join(storage_path, "train-runs"), model=TINY_MODEL,
-                     validation={"ref_clips": 4, "test_clips": 8})
+                     validation={"ref_clips": 4, "test_clips": 8}, autoencoder_epochs=0)
     fields = dict(name=name, storage_path=storage_path, train=train_cfg, num_samples=4, max_concurrent=1,
                   space={"lr": {"loguniform": [1e-4, 1e-2]}, "mixup_alpha": {"choice": [0.0, 0.2]}},
                   asha={"grace_period": 1, "reduction_factor": 2}, seed=1)

@@ -29,7 +29,7 @@ def train_data(ray_local, s3_endpoint):
 def _cfg(data: str, name: str, **kw) -> TrainConfig:
     fields = dict(data=data, storage_path="s3://asd-train/runs", name=name, num_workers=2, cpus_per_worker=0.5,
                   epochs=4, batch_size=8, lr=3e-3, clip_seconds=1.0, n_subclusters=4, keep_checkpoints=10,
-                  model=TINY_MODEL)
+                  model=TINY_MODEL, autoencoder_epochs=0)
     fields.update(kw)
     return TrainConfig(**fields)
 
