@@ -42,7 +42,8 @@ SETTINGS_FILE = "settings.json"
 # and how many epochs it runs in all
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
-             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "autoencoder_epochs"}
+             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "autoencoder_epochs",
+             "ensemble"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
@@ -89,6 +90,10 @@ class TrainConfig(JobConfig):
                                     "model per machine type) trained after the dual-stream model in the same job, "
                                     "as run '<name>-autoencoder', into <bundle>/autoencoder; asd-ray score adds "
                                     "its normalised score to the embedding distance (the hybrid score). 0: none")
+    ensemble: int = Field(1, ge=1, description="method=scadacos: dual-stream models in all; members 2.. are trained "
+                                               "after the first in the same job with seeds seed+1.. (runs "
+                                               "'<name>-member-<k>', bundles <bundle>/member-<k>) and asd-ray score "
+                                               "adds their normalised scores. Each member costs a training")
     model: ModelConfig = ModelConfig()
     autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
@@ -217,14 +222,22 @@ def bundle_info(cfg: TrainConfig, labels: LabelMap, training: dict | None = None
                              clip_samples=cfg.clip_samples, training=training or {})
 
 
-def companion_config(cfg: TrainConfig) -> TrainConfig | None:
-    """The autoencoder trained beside a dual-stream model: the same data and workers, its own run
-    (so it resumes by itself) and bundle, inside the dual-stream model's."""
-    if cfg.method != "scadacos" or cfg.autoencoder_epochs == 0:
-        return None
-    return cfg.model_copy(update={"name": f"{cfg.name}-autoencoder", "method": "autoencoder",
-                                  "epochs": cfg.autoencoder_epochs, "mixup_alpha": 0.0, "validation": None,
-                                  "bundle": storage.join(cfg.bundle_url, bundle.AUTOENCODER_COMPANION)})
+def companion_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
+    """The models trained beside a dual-stream model, by their folder inside its bundle: ensemble
+    members (other seeds) and the autoencoder. Each has the same data and workers and its own run
+    (so it resumes by itself) and bundle."""
+    if cfg.method != "scadacos":
+        return {}
+    solo = {"autoencoder_epochs": 0, "ensemble": 1}
+    companions = {f"member-{k}": cfg.model_copy(update={
+        "name": f"{cfg.name}-member-{k}", "seed": cfg.seed + k, "bundle": storage.join(cfg.bundle_url, f"member-{k}"),
+        **solo}) for k in range(1, cfg.ensemble)}
+    if cfg.autoencoder_epochs:
+        companions[bundle.AUTOENCODER_COMPANION] = cfg.model_copy(update={
+            "name": f"{cfg.name}-autoencoder", "method": "autoencoder", "epochs": cfg.autoencoder_epochs,
+            "mixup_alpha": 0.0, "validation": None,
+            "bundle": storage.join(cfg.bundle_url, bundle.AUTOENCODER_COMPANION), **solo})
+    return companions
 
 
 def _maybe_fail(epoch: int, rank: int) -> None:
@@ -330,8 +343,8 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) the model, then its companion autoencoder if any, and write the model
     bundle last; returns a summary with per-epoch metrics."""
     cfg = resolved(cfg)
-    companion = companion_config(cfg)
-    for run in (cfg, companion) if companion else (cfg,):  # first: a refused resume reads no data
+    companions = companion_configs(cfg)
+    for run in (cfg, *companions.values()):  # first: a refused resume reads no data
         check_settings(run)
         done = epochs_done(run)
         if done > run.epochs:
@@ -339,12 +352,13 @@ def train(cfg: TrainConfig) -> dict:
                              f"epochs={run.epochs}: ask for at least {done}, or give this run a new name")
     labels = label_map(cfg)
     summary, info, weights = _fit(cfg, labels)
-    if companion:  # its bundle first: the dual-stream bundle, written last, names it
-        print(f"train: the companion autoencoder, {companion.epochs} epochs (run '{companion.name}')", flush=True)
-        summary["companion"], ae_info, ae_weights = _fit(companion, labels)
-        bundle.save_bundle(companion.bundle_url, ae_info, ae_weights, cfg.storage)
-        info = info.model_copy(update={"companions": [bundle.AUTOENCODER_COMPANION]})
-    bundle.save_bundle(cfg.bundle_url, info, weights, cfg.storage)
+    summary["companions"] = {}
+    for folder, companion in companions.items():  # their bundles first: the main bundle, written last, names them
+        print(f"train: companion '{folder}', {companion.method}, {companion.epochs} epochs (run '{companion.name}')",
+              flush=True)
+        summary["companions"][folder], c_info, c_weights = _fit(companion, labels)
+        bundle.save_bundle(companion.bundle_url, c_info, c_weights, cfg.storage)
+    bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(companions)}), weights, cfg.storage)
     return summary
 
 
@@ -372,8 +386,7 @@ def summary_text(summary: dict) -> str:
     m = summary["metrics"]
     text = (f"trained {m['epoch'] + 1} epochs: loss {m['loss']:.4f}, aux accuracy {m['accuracy']:.3f}; "
             f"model bundle at {summary['bundle']}\n" + json.dumps(m, indent=None))
-    if "companion" in summary:
-        c = summary["companion"]["metrics"]
-        text += (f"\ncompanion autoencoder: {c['epoch'] + 1} epochs, reconstruction loss {c['loss']:.4f}; "
-                 f"bundle at {summary['companion']['bundle']}")
+    for folder, c in summary.get("companions", {}).items():
+        text += (f"\ncompanion '{folder}': {c['metrics']['epoch'] + 1} epochs, loss {c['metrics']['loss']:.4f}; "
+                 f"bundle at {c['bundle']}")
     return text

@@ -18,7 +18,7 @@ def test_demo_runs_every_stage_and_reports(ray_local, tmp_path, capsys):
     for stage in ("[1/4] synthesizing", "[2/4] training", "[3/4] fitting", "[4/4] evaluating", "official score"):
         assert stage in out
     assert "| fan | 00 |" in out and "| gearbox | 00 |" in out
-    assert "companion autoencoder" in out or "the companion autoencoder" in out
+    assert "companion 'autoencoder'" in out
     for path in ("data/_manifest.json", "runs/demo/model/bundle.json", "runs/demo/model/autoencoder/bundle.json",
                  "scores/manifest.json",
                  "scores/anomaly_score_fan_section_00_test.csv", "scores/evaluation/report.md",

@@ -45,7 +45,7 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
     """By default a model trained with its companion autoencoder scores with both: each detector's
     score standardised by its training clips' scores of that machine and section, then added;
     thresholds from the summed training scores."""
-    main, companion = hybrid["bundle"], hybrid["companion"]["bundle"]
+    main, companion = hybrid["bundle"], hybrid["companions"]["autoencoder"]["bundle"]
     assert companion == f"{main}/autoencoder" and bundle.load_bundle(main)[2].companions == ["autoencoder"]
     assert bundle.load_bundle(companion)[2].method == "autoencoder"
     runs = {}
