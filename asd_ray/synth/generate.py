@@ -137,10 +137,9 @@ def render_block(cfg: SynthConfig, b: Block) -> list[dict]:
     x = model.render(rng, inst, attrs, faults, cfg.strength, T, sr)
     if b.domain == "target" and "installation" in model.shift:
         x = _installation(np.random.default_rng(_key(cfg.seed, b.machine, b.section, "installation")), x, sr)
-    background = "factory" if b.domain == "source" or "background" in model.shift else None
-    background = "outdoor" if b.domain == "target" and "outdoor" in model.shift else background
-    x += _background(rng, b.domain if background else "source", n, T, sr, background == "outdoor") * dsp.col(
-        10 ** (-rng.uniform(6, 15, n) / 20))
+    outdoor = b.domain == "target" and "outdoor" in model.shift
+    background_domain = b.domain if "background" in model.shift else "source"
+    x += _background(rng, background_domain, n, T, sr, outdoor) * dsp.col(10 ** (-rng.uniform(6, 15, n) / 20))
     level = 10 ** (rng.uniform(-32, -22, n) / 20)  # random loudness: level carries no label information
     x = dsp.unit_rms(x) * dsp.col(level)
     rows = []
