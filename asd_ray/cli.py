@@ -54,8 +54,10 @@ def _score(args: argparse.Namespace) -> int:
         return 0
     summary = run_score(cfg)
     print(f"scored {summary['scored']} clips ({', '.join(summary['groups'])}) into {summary['out']}")
-    for clip, reason in summary["unscored"]:
+    for clip, reason in summary["unscored_examples"]:
         print(f"  not scored: {clip}: {reason}")
+    if summary["unscored"] > len(summary["unscored_examples"]):
+        print(f"  ... {summary['unscored']} clips not scored in all: see {summary['out']}/unscored.csv")
     return 1 if summary["unscored"] else 0
 
 

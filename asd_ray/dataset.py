@@ -88,6 +88,12 @@ def row_groups(urls: list[str], options: StorageOptions | None = None) -> list[R
 Filter = str | Iterable[str] | None
 
 
+def count_clips(url: str, *, split: Filter = None, machine: Filter = None,
+                options: StorageOptions | None = None) -> int:
+    """How many clips the matching shards hold, from their footers."""
+    return sum(g.rows for g in row_groups(shards.list_shards(url, split, machine, options), options))
+
+
 def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Filter,
           options: StorageOptions | None, columns: list[str] | None = None, paths: bool = False) -> ray.data.Dataset:
     urls = shards.list_shards(url, split, machine, options)

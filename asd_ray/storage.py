@@ -8,6 +8,7 @@ comes from ``StorageOptions.endpoint_url`` or the standard ``AWS_ENDPOINT_URL(_S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from urllib.parse import urlparse
@@ -140,3 +141,32 @@ def full_url(url: str, path: str) -> str:
     """Turn a path returned by a filesystem listing back into a URL of the same protocol."""
     proto = protocol(url)
     return path if proto == "file" else f"{proto}://{path}"
+
+
+@contextlib.contextmanager
+def open_atomic(url: str, options: StorageOptions | None = None):
+    """A binary file to write in pieces that readers see whole or not at all: locally a hidden
+    temporary name renamed into place, in object stores a (multipart) upload completed on close and
+    aborted on error."""
+    fs, path = fsspec_fs(url, options)
+    if is_local(url):
+        parent = path.rsplit("/", 1)[0]
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        f.discard()  # fsspec: nothing published
+        raise
+    f.close()

@@ -13,7 +13,6 @@ with their audio (a few MB, kept in memory by rank 0).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections import defaultdict
 
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards, storage
 from asd_ray.autoencoder import MachineAutoEncoders
-from asd_ray.score import centroid_references, group_embeddings, reconstruction_references
+from asd_ray.references import centroid_references, group_embeddings, rank, reconstruction_references
 from asd_ray.storage import StorageOptions
 
 META = ["clip_id", "machine", "section", "domain", "label"]
@@ -40,10 +39,6 @@ class ValidationConfig(BaseModel):
     seed: int = Field(0, description="which clips the budget holds")
 
 
-def _rank(seed: int, clip_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}/{clip_id}".encode(), digest_size=8).digest(), "big")
-
-
 def choose(url: str, split: str, machines: list[str] | None, limit: int, group_cols: tuple[str, ...], seed: int,
            options: StorageOptions | None, normal_only: bool = False) -> dict[str, list[int]]:
     """Per shard, the rows of the sample: up to ``limit`` labelled clips per ``group_cols`` group,
@@ -54,7 +49,7 @@ def choose(url: str, split: str, machines: list[str] | None, limit: int, group_c
         for row, r in enumerate(table.to_pylist()):
             if r["label"] is None or r["domain"] is None or (normal_only and r["label"] != "normal"):
                 continue
-            item = (-_rank(seed, r["clip_id"]), shard, row)
+            item = (-rank(seed, r["clip_id"]), shard, row)
             heap = heaps[tuple(r[c] for c in group_cols)]
             if len(heap) < limit:
                 heapq.heappush(heap, item)

@@ -1,7 +1,9 @@
-"""Batch scoring at 1x and 10x data: clips/s and peak memory, and clips/s of a plain
-single-process loop (pyarrow read, decode, forward) on the same device.
+"""Batch scoring at 1x, 10x and 50x data: clips/s and peak memory (the driver's and all
+processes'), and clips/s of a plain single-process loop (pyarrow read, decode, forward) on the
+same device.
 
     python benchmarks/score_throughput.py [--clips 960] [--seconds 10] [--gpu]
+    python benchmarks/score_throughput.py --clips 200 --seconds 1 --small --scales 1,10,50   # CPU size
 
 Peak memory is the largest sum of proportional set sizes (PSS: shared pages such as the object
 store's are split between the processes that map them, not counted once per process) over this
@@ -22,15 +24,18 @@ import torch
 from asd_ray import bundle, schema, shards
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
-from asd_ray.model import DualStreamNet
+from asd_ray.model import DualStreamNet, ModelConfig
 from asd_ray.score import ScoreConfig, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
+
+
+SMALL = dict(emb_dim=64, n_fft=512, hop_length=256, fft_channels=[16, 32, 32], spec_channels=[16, 32])
 
 
 class PeakMemory(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.at_peak, self.running = 0, [], True
+        self.peak, self.at_peak, self.driver, self.running = 0, [], 0, True
 
     def run(self):
         me = psutil.Process()
@@ -42,6 +47,7 @@ class PeakMemory(threading.Thread):
                     sizes.append((mem.pss, mem.uss, " ".join(p.cmdline())[:40] or p.name()))
                 except psutil.Error:
                     pass
+            self.driver = max(self.driver, sizes[0][0] if sizes else 0)  # this process: the job's driver
             if sum(s[0] for s in sizes) > self.peak:
                 self.peak, self.at_peak = sum(s[0] for s in sizes), sorted(sizes, reverse=True)
             time.sleep(0.5)
@@ -72,16 +78,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--buffer-mb", type=int, default=ScoreConfig.model_fields["buffer_mb"].default)
+    p.add_argument("--scales", default="1,10")
+    p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
+                                                        "is what is measured")
     args = p.parse_args()
     ray.init()
     root = tempfile.mkdtemp(prefix="asd-score-bench-")
-    model, loss = DualStreamNet(), SubClusterAdaCos(256, 2, 16)
+    model_cfg = ModelConfig(**SMALL) if args.small else ModelConfig()
+    model, loss = DualStreamNet(model_cfg), SubClusterAdaCos(model_cfg.emb_dim, 2, 16)
     info = bundle.BundleInfo(model=model.cfg, labels=LabelMap(classes=["a", "b"]), n_subclusters=16,
                              sample_rate=16000, clip_samples=int(args.seconds * 16000))
     bundle.save_bundle(f"{root}/model", info, bundle.weights_bytes(model, loss))
     device = "cuda" if args.gpu else "cpu"
     runs = {}
-    for scale in (1, 10):  # both Ray runs first: the plain loop would grow this process's heap
+    for scale in map(int, args.scales.split(",")):  # every Ray run first: the plain loop would grow this process's heap
         per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
         data = f"{root}/data-{scale}x"
         synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds,
@@ -100,7 +110,8 @@ def main() -> None:
         total = scored + 40  # test clips scored + train clips embedded for the references
         plain = plain_loop(data, f"{root}/model", device, args.batch)
         print(f"{scale:>2}x: {scored} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
-              f"{total / wall:.1f} clips/s; peak memory (PSS) {monitor.peak / 2**30:.2f} GiB; "
+              f"{total / wall:.1f} clips/s; peak memory (PSS) {monitor.peak / 2**30:.2f} GiB, driver "
+              f"{monitor.driver / 2**30:.2f} GiB; "
               f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
         print(f"    largest processes at the peak, PSS GiB: {monitor.largest()}")
 

@@ -9,7 +9,8 @@ import torch
 from asd_ray import bundle
 from asd_ray.autoencoder import AEConfig, MachineAutoEncoders, MelAutoEncoder, mel_filterbank
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import References, ScoreConfig, read_scores, run_score
+from asd_ray.references import References
+from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.train import TrainConfig, train
 
 

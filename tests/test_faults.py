@@ -21,13 +21,14 @@ def _scores_table(n: int = 40) -> pa.Table:
     domain = np.repeat(["source", "target"], n // 2)
     return pa.table({"clip_id": [f"fan/section_00_{i:04d}" for i in range(n)], "machine": ["fan"] * n,
                      "section": ["00"] * n, "domain": domain.tolist(), "label": label.tolist(),
-                     "score": (rng.random(n) + (label == "anomaly")).tolist(), "decision": [0] * n})
+                     "score": (rng.random(n) + (label == "anomaly")).tolist(), "decision": [0] * n,
+                     "reason": pa.array([None] * n, pa.string())})
 
 
 def _write_scoring_output(url: str, options: StorageOptions) -> None:
     buf = io.BytesIO()
     pq.write_table(_scores_table(), buf)
-    storage.write_bytes_atomic(storage.join(url, "scores.parquet"), buf.getvalue(), options)
+    storage.write_bytes_atomic(storage.join(url, "scores", "part-0.parquet"), buf.getvalue(), options)
     storage.write_bytes_atomic(storage.join(url, "manifest.json"), json.dumps({"scored": 40}).encode(), options)
 
 

@@ -3,6 +3,10 @@
 import csv
 import io
 import json
+import os
+import signal
+import threading
+import time
 
 import boto3
 import numpy as np
@@ -11,7 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import bundle, cli, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.score import References, ScoreConfig, kmeans_references, knn_references, nearest, read_scores, run_score
+from asd_ray.references import (ClipSample, References, kmeans_references, knn_references, mahalanobis_references,
+                                nearest)
+from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
 
@@ -98,7 +104,7 @@ def test_every_test_clip_scored_once_with_dcase_files(trained):
     cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8, references="centroid")
     summary = run_score(cfg)
     table = read_scores(cfg.out)
-    assert table["clip_id"].to_pylist() == _test_clip_ids(f"{B}/data") and summary["unscored"] == []
+    assert table["clip_id"].to_pylist() == _test_clip_ids(f"{B}/data") and summary["unscored"] == 0
     assert table.num_rows == 2 * 2 * (6 + 6) and set(table["decision"].to_pylist()) <= {0, 1}
     assert np.isfinite(table["score"].to_numpy()).all() and (table["score"].to_numpy() >= 0).all()
     fs, root = storage.fsspec_fs(cfg.out)
@@ -153,7 +159,8 @@ def test_knn_references_put_both_domains_on_one_scale():
     refs = knn_references({("fan", "00", "source"): _angles(0.0, 0.1, 0.2),
                            ("fan", "00", "target"): _angles(1.0, 1.5)})
     refs = References.from_bytes(refs.to_bytes())  # the scales survive the round trip
-    np.testing.assert_allclose(refs.scales[("fan", "00")], [1 - np.cos(0.1)] * 3 + [1 - np.cos(0.5)] * 2)
+    np.testing.assert_allclose(refs.scales[("fan", "00")], [1 - np.cos(0.1)] * 3 + [1 - np.cos(0.5)] * 2,
+                               rtol=1e-4)  # distances in float32
     query = np.stack(_angles(1.25, 0.15))
     expected = [(1 - np.cos(0.25)) / (1 - np.cos(0.5)),  # halfway between the target clips: 0.25 of their spacing
                 (1 - np.cos(0.05)) / (1 - np.cos(0.1))]
@@ -169,12 +176,37 @@ def test_training_scores_leave_each_clip_out():
     clips = np.stack([e for k in sorted(groups) for e in groups[k]])
     expected = [1 - np.cos(0.1), 0.0, 1 - np.cos(0.1),  # the centroid is no clip: nothing left out
                 1 - np.cos(0.5), 1 - np.cos(0.5)]       # a target clip's nearest other reference
-    np.testing.assert_allclose(refs.training_scores(("fan", "00"), clips), expected, atol=1e-9)
+    np.testing.assert_allclose(refs.training_scores(("fan", "00"), clips), expected, atol=1e-6)  # float32
     # chunking changes nothing
     vectors = np.random.default_rng(0).normal(size=(7, 3))
     exclude = np.array([1, -1, 0, 2, -1, -1, 6])
     np.testing.assert_allclose(nearest(vectors, vectors, np.ones(7), exclude, chunk=2),
                                   nearest(vectors, vectors, np.ones(7), exclude))
+
+
+def test_gaussian_references_score_their_training_clips_out_of_sample():
+    """A Gaussian fitted on few clips in many dimensions scores those clips far below unseen normal
+    clips; thresholds and hybrid norms from such scores flagged almost every normal clip. The
+    training scores must come from fits that did not see the clip: then they are distributed as a
+    fresh normal clip's scores are."""
+    rng = np.random.default_rng(0)
+    dims, spread = 40, np.linspace(0.2, 2.0, 40)
+
+    def clips(n, centre):  # column 0 is the MSE, unused by the Gaussians
+        return list(np.column_stack([np.zeros(n), centre + spread * rng.normal(size=(n, dims))]))
+    groups = {("valve", "00", "source"): clips(200, 0.0), ("valve", "00", "target"): clips(12, 3.0)}
+    refs = mahalanobis_references(groups)
+    key = ("valve", "00")
+    train = np.stack(groups[("valve", "00", "source")] + groups[("valve", "00", "target")])
+    held_out = refs.training_scores(key, train)
+    in_sample = refs.score(*key, train)
+    for domain, rows, centre in (("source", slice(0, 200), 0.0), ("target", slice(200, None), 3.0)):
+        fresh = np.median(refs.score(*key, np.stack(clips(400, centre))))
+        assert 0.75 * fresh < np.median(held_out[rows]) < 1.33 * fresh, domain
+        if domain == "target":  # the target fit had seen its 12 clips: they score far below fresh ones
+            assert np.median(in_sample[rows]) < 0.6 * fresh
+    one = mahalanobis_references({("valve", "00", "source"): clips(20, 0.0), ("valve", "00", "target"): clips(1, 3.0)})
+    assert np.isinf(one.training_scores(key, None)[20:]).all()  # a lone target clip has no out-of-sample score
 
 
 def test_knn_references_end_to_end(trained):
@@ -255,3 +287,87 @@ def test_evaluation_layout_scores_without_labels_and_evaluates_with_ground_truth
     expected = roc_auc_score([int(truth[n]) for n in names], table["score"].to_numpy(), max_fpr=0.1)
     assert result["rows"][0]["pauc"] == pytest.approx(expected)
     assert storage.exists(f"{cfg.out}/evaluation/report.md")
+
+
+def _old_nearest(queries, vectors, scales):
+    """The distances as computed before references were sampled and searched in float32."""
+    return ((1.0 - queries.astype(np.float64) @ vectors.astype(np.float64).T) / scales).min(axis=1)
+
+
+def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_nothing():
+    rng = np.random.default_rng(1)
+    unit = rng.normal(size=(300, 16))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    ids = [f"fan/train/section_00_source_{i:04d}" for i in range(300)]
+    groups = {("fan", "00", "source"): unit[:250], ("fan", "00", "target"): unit[250:]}
+
+    def sample(limit, order):
+        s = ClipSample(limit)
+        for i in order:
+            s.add(("fan", "00", "source" if i < 250 else "target"), ids[i], (unit[i],))
+        return s
+    whole = sample(10_000, range(300))
+    assert whole.kept() == whole.seen == {("fan", "00", "source"): 250, ("fan", "00", "target"): 50}
+    refs = knn_references(whole.groups(0))
+    queries = unit[:40] * 0.9 + rng.normal(size=(40, 16)) * 0.1
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    before = _old_nearest(queries, np.concatenate([groups[k] for k in sorted(groups)]), refs.scales[("fan", "00")])
+    after = refs.score("fan", "00", queries)
+    assert (np.argsort(after) == np.argsort(before)).all()  # the same ranking as before this change
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-6)
+
+    bounded, shuffled = sample(64, range(300)), sample(64, rng.permutation(300))
+    assert bounded.kept() == {("fan", "00", "source"): 64, ("fan", "00", "target"): 50}
+    assert bounded.seen == whole.seen
+    for key in bounded.heaps:  # the same clips whatever order the stream came in
+        np.testing.assert_array_equal(bounded.groups(0)[key], shuffled.groups(0)[key])
+    assert len(knn_references(bounded.groups(0)).vectors[("fan", "00")]) == 114
+
+
+def test_max_references_bounds_what_a_scoring_job_keeps(trained):
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-max", max_references=5,
+                      references_to=f"{B}/out-max/refs.npz")
+    assert run_score(cfg)["scored"] == 48
+    meta = References.from_bytes(storage.read_bytes(cfg.references_url)).meta
+    assert meta["clips"]["fan|00|source"] == 24 and meta["kept"]["fan|00|source"] == 5
+    assert meta["kept"]["fan|00|target"] == 4  # fewer than the bound: all
+    refs = References.from_bytes(storage.read_bytes(cfg.references_url))
+    assert all(len(v) == 9 for v in refs.vectors.values())
+
+
+def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(trained):
+    """The scoring actor's process is killed while it works through the test clips: Ray Data
+    starts another and retries its batches; the output holds each clip once, with the scores of
+    an undisturbed run."""
+    from ray.util.state import list_actors
+
+    data = f"{B}/many"
+    synthesize(SynthConfig(out=data, clip_seconds=1.0, machines=["fan"],
+                           counts=Counts(train_source=8, train_target=2, test_normal=50, test_anomaly=50)),
+               progress=False)
+    quiet = ScoreConfig(bundle=trained, data=data, out=f"{B}/out-calm", batch_size=2, references="centroid",
+                        references_to=f"{B}/out-calm/refs.npz")
+    run_score(quiet)
+    killed, seen = [], set()
+
+    def kill_the_scoring_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                     if "Embedder" in a.class_name and a.pid]
+            for actor in alive:
+                if seen and actor.actor_id not in seen:  # the second pass's actor: scoring
+                    time.sleep(1.0)  # a few of its batches done
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed.append(actor.pid)
+                seen.add(actor.actor_id)
+            time.sleep(0.1)
+    watcher = threading.Thread(target=kill_the_scoring_actor, daemon=True)
+    watcher.start()
+    cfg = quiet.model_copy(update={"out": f"{B}/out-killed", "references_to": f"{B}/out-killed/refs.npz"})
+    assert run_score(cfg)["scored"] == 200  # 50 normal + 50 anomalous per domain
+    watcher.join()
+    assert killed, "the scoring actor was not seen"
+    calm, disturbed = read_scores(quiet.out), read_scores(cfg.out)
+    assert disturbed["clip_id"].to_pylist() == calm["clip_id"].to_pylist() == sorted(_test_clip_ids(data))
+    np.testing.assert_allclose(disturbed["score"].to_numpy(), calm["score"].to_numpy(), rtol=1e-5)

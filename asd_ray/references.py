@@ -1,0 +1,273 @@
+"""Normal references per machine and section, and the distances of clips to them.
+
+Fitted from a stream of normal training clips: a ``ClipSample`` keeps, per (machine, section,
+domain), at most ``max_references`` clips (those of smallest seeded hash of their clip id: the
+same sample whatever the order the stream comes in), so memory is bounded by the setting, not by
+the number of training clips. Below the limit every clip is kept and nothing changes.
+
+Methods: ``centroid`` (the report's): the mean embedding per domain; ``kmeans`` (Wilkinghoff's):
+k-means sub-centroids of the source domain plus every target clip; ``knn``: every kept clip, each
+domain's distances divided by its median leave-one-out nearest-neighbour distance, so the dense
+source and the few target clips share one scale. For the autoencoder baseline: its reconstruction
+error, or the Mahalanobis distance of its mean error vector to a Ledoit-Wolf Gaussian per domain.
+A clip's score is the minimum over both domains' references. Distances run in torch on the
+device given (the scoring actor's GPU where it has one), in chunks of queries, so memory is chunk
+x references, never references x references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import io
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
+
+Key = tuple[str, str]  # (machine, section)
+Groups = dict[tuple[str, str, str], np.ndarray]  # (machine, section, domain) -> one vector per clip
+
+
+def rank(seed: int, clip_id: str) -> int:
+    """A clip's place in the seeded sample: the smallest ranks are kept."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{clip_id}".encode(), digest_size=8).digest(), "big")
+
+
+class ClipSample:
+    """Per (machine, section, domain) group, the ``limit`` clips of smallest ``rank``, each with one
+    vector per model; ``seen`` counts every clip offered."""
+
+    def __init__(self, limit: int, seed: int = 0):
+        self.limit, self.seed = limit, seed
+        self.heaps: dict[tuple[str, str, str], list] = defaultdict(list)  # max-heaps by negated rank
+        self.seen: dict[tuple[str, str, str], int] = defaultdict(int)
+
+    def add(self, group: tuple[str, str, str], clip_id: str, vectors: tuple[np.ndarray, ...]) -> None:
+        self.seen[group] += 1
+        item = (-rank(self.seed, clip_id), clip_id, vectors)
+        heap = self.heaps[group]
+        if len(heap) < self.limit:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+
+    def groups(self, model: int) -> Groups:
+        """Model ``model``'s vectors per group, in clip id order."""
+        return {g: np.stack([v[model] for _, _, v in sorted(heap, key=lambda x: x[1])])
+                for g, heap in sorted(self.heaps.items())}
+
+    def kept(self) -> dict[tuple[str, str, str], int]:
+        return {g: len(h) for g, h in self.heaps.items()}
+
+
+class References:
+    """Reference vectors per (machine, section), each tagged with its domain and a distance scale
+    (1 except for ``knn``); Gaussians (``precisions``) for the autoencoder's Mahalanobis score.
+
+    Fit time only, not saved: ``origins`` gives, for a reference that is itself a training clip,
+    that clip's index among the section's kept training clips (source first), else -1;
+    ``held_out`` the Gaussians' out-of-sample scores of those clips."""
+
+    def __init__(self, vectors: dict[Key, np.ndarray], domains: dict[Key, np.ndarray],
+                 thresholds: dict[Key, float] | None = None, meta: dict | None = None,
+                 scales: dict[Key, np.ndarray] | None = None, origins: dict[Key, np.ndarray] | None = None,
+                 precisions: dict[Key, np.ndarray] | None = None, held_out: dict[Key, np.ndarray] | None = None):
+        self.vectors, self.domains, self.precisions, self.held_out = vectors, domains, precisions, held_out
+        self.scales = scales or {k: np.ones(len(v)) for k, v in vectors.items()}
+        self.origins = origins or {k: np.full(len(v), -1) for k, v in vectors.items()}
+        self.thresholds, self.meta = thresholds or {}, meta or {}
+
+    def score(self, machine: str, section: str, emb: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+        """Minimum scaled cosine distance of unit-norm ``emb`` rows to the section's references
+        (for the autoencoder baseline: its reconstruction error, or the Mahalanobis distance)."""
+        key = (machine, section)
+        if self.meta.get("method") == "reconstruction":
+            return emb[:, 0].astype(np.float64)
+        if self.precisions is not None:
+            return mahalanobis(emb[:, 1:], self.vectors[key], self.precisions[key], device)
+        return nearest(emb, self.vectors[key], self.scales[key], device=device)
+
+    def training_scores(self, key: Key, clips: np.ndarray) -> np.ndarray:
+        """Scores of the section's own kept training clips (in ``origins`` order), each with itself
+        left out where it is a reference: otherwise such a clip would score 0. Gaussians give the
+        scores of their clips held out of the fit (see ``mahalanobis_references``)."""
+        if self.held_out is not None:
+            return self.held_out[key]
+        if self.meta.get("method") == "reconstruction" or not len(self.vectors[key]):
+            return self.score(*key, clips)
+        exclude = np.full(len(clips), -1)
+        own = np.flatnonzero(self.origins[key] >= 0)
+        exclude[self.origins[key][own]] = own
+        return nearest(clips, self.vectors[key], self.scales[key], exclude)
+
+    def to_bytes(self) -> bytes:
+        keys = sorted(self.vectors)
+        buf = io.BytesIO()
+        np.savez(buf, groups=np.array([f"{m}|{s}" for m, s in keys]),
+                 sizes=np.array([len(self.vectors[k]) for k in keys]),
+                 vectors=np.concatenate([self.vectors[k] for k in keys]).astype(np.float32),
+                 domains=np.concatenate([self.domains[k] for k in keys]).astype(str),
+                 scales=np.concatenate([self.scales[k] for k in keys]).astype(np.float64),
+                 thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
+                 meta=np.array(json.dumps(self.meta)),
+                 **({"precisions": np.concatenate([self.precisions[k] for k in keys]).astype(np.float32)}
+                    if self.precisions is not None else {}))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "References":
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        keys = [tuple(g.split("|")) for g in z["groups"]]
+        bounds = list(zip(keys, *(lambda b: (b[:-1], b[1:]))(np.cumsum([0, *z["sizes"]]))))
+
+        def split(name):
+            return {k: z[name][a:b] for k, a, b in bounds}
+        return cls(split("vectors"), split("domains"), {k: float(t) for k, t in zip(keys, z["thresholds"])},
+                   json.loads(str(z["meta"])), split("scales"),
+                   precisions=split("precisions") if "precisions" in z else None)
+
+
+def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
+            chunk: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:
+    """Per query row, the minimum of ``(1 - query . vector) / scale`` over the reference vectors
+    (float32, exact), leaving out reference ``exclude[i]`` for query ``i`` (-1: none). Chunked over
+    the queries: memory is ``chunk x references`` however many clips there are."""
+    refs = torch.as_tensor(np.asarray(vectors, np.float32), device=device)
+    scale = torch.as_tensor(np.asarray(scales, np.float32), device=device)
+    out = np.empty(len(queries))
+    for a in range(0, len(queries), chunk):
+        q = torch.as_tensor(np.asarray(queries[a:a + chunk], np.float32), device=device)
+        dist = (1.0 - q @ refs.T) / scale
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[a:a + chunk] >= 0)
+            dist[torch.as_tensor(rows), torch.as_tensor(exclude[a:a + chunk][rows])] = torch.inf
+        out[a:a + chunk] = dist.min(dim=1).values.double().cpu().numpy()
+    return out
+
+
+def mahalanobis(queries: np.ndarray, means: np.ndarray, precisions: np.ndarray,
+                device: torch.device | str = "cpu") -> np.ndarray:
+    """Per query row, the minimum squared Mahalanobis distance to the Gaussians ``(means[j], precisions[j])``
+    (float64: precisions of near-singular covariances have a wide range)."""
+    q = torch.as_tensor(np.asarray(queries, np.float64), device=device)
+    out = torch.full((len(q),), torch.inf, dtype=torch.float64, device=device)
+    for mean, precision in zip(means, precisions):
+        d = q - torch.as_tensor(np.asarray(mean, np.float64), device=device)
+        p = torch.as_tensor(np.asarray(precision, np.float64), device=device)
+        out = torch.minimum(out, ((d @ p) * d).sum(dim=1))
+    return out.cpu().numpy()
+
+
+def _by_section(groups: Groups):
+    """``(machine, section), domain, vectors, index of its first clip among the section's training
+    clips`` for every group, sources before targets."""
+    offsets: dict[Key, int] = defaultdict(int)
+    for (machine, section, domain), vectors in sorted(groups.items()):
+        key = (machine, section)
+        yield key, domain, np.asarray(vectors), offsets[key]
+        offsets[key] += len(vectors)
+
+
+def section_clips(groups: Groups, key: Key) -> np.ndarray:
+    """The section's training clips in ``origins`` order."""
+    return np.concatenate([np.asarray(v) for (m, s, _), v in sorted(groups.items()) if (m, s) == key])
+
+
+def _references(parts: dict[Key, list[tuple]]) -> References:
+    """References from ``(domain, vectors, scales, origins)`` parts per section."""
+    def cat(i):
+        return {k: np.concatenate([p[i] for p in ps]) for k, ps in parts.items()}
+    domains = {k: np.concatenate([[p[0]] * len(p[1]) for p in ps]) for k, ps in parts.items()}
+    return References(cat(1), domains, scales=cat(2), origins=cat(3))
+
+
+def reconstruction_references(keys) -> References:
+    """For the autoencoder baseline: no vectors, the clip's reconstruction error is its score."""
+    keys = sorted(keys)
+    return References({k: np.zeros((0, 1), np.float32) for k in keys}, {k: np.array([], str) for k in keys},
+                      meta={"method": "reconstruction"})
+
+
+def check_finite(groups: Groups, what: str) -> None:
+    for (machine, section, domain), vectors in groups.items():
+        if not np.isfinite(np.asarray(vectors)).all():
+            raise ValueError(f"{what}: no model for machine type '{machine}' (section {section}, {domain}): the "
+                             f"autoencoder bundle was trained on other machine types")
+
+
+def mahalanobis_references(groups: Groups, folds: int = 5) -> References:
+    """For the autoencoder baseline: a Gaussian per (machine, section, domain) over the normal clips'
+    mean reconstruction-error vectors (Ledoit-Wolf shrinkage: a few target clips in 640 dimensions).
+
+    A Gaussian fitted on a clip scores it far lower than an unseen normal clip (10 target clips in
+    640 dimensions: almost zero), so thresholds and score norms need the training clips' scores
+    out of sample: each clip is scored by its domain's Gaussian fitted without its fold (``folds``
+    folds, clip ``i`` in fold ``i % folds``) and by the other domains' full Gaussians; the nearer
+    counts, as for a test clip. A domain with a single clip gives no such score (inf)."""
+    check_finite(groups, "autoencoder references")
+    parts, precisions = defaultdict(list), defaultdict(list)
+    fitted = [(key, domain, vectors[:, 1:].astype(np.float64)) for key, domain, vectors, _ in _by_section(groups)]
+    for key, domain, x in fitted:
+        fit = LedoitWolf().fit(x)
+        parts[key].append((domain, fit.location_[None], np.ones(1), np.full(1, -1)))
+        precisions[key].append(fit.precision_[None])
+    refs = _references(parts)
+    refs.precisions = {k: np.concatenate(v) for k, v in precisions.items()}
+    held_out = defaultdict(list)
+    for key, domain, x in fitted:
+        own = np.full(len(x), np.inf)
+        fold = np.arange(len(x)) % min(folds, len(x))
+        for f in np.unique(fold) if len(x) > 1 else []:
+            fit = LedoitWolf().fit(x[fold != f])
+            own[fold == f] = mahalanobis(x[fold == f], fit.location_[None], fit.precision_[None])
+        others = refs.domains[key] != domain
+        other = mahalanobis(x, refs.vectors[key][others], refs.precisions[key][others])
+        held_out[key].append(np.minimum(own, other) if len(x) > 1 else np.full(len(x), np.inf))
+    refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
+    return refs
+
+
+def centroid_references(groups: Groups) -> References:
+    """The report's references: the unit-norm mean embedding per (machine, section, domain)."""
+    parts = defaultdict(list)
+    for key, domain, vectors, _ in _by_section(groups):
+        centre = vectors.mean(axis=0)
+        parts[key].append((domain, (centre / np.linalg.norm(centre))[None], np.ones(1), np.full(1, -1)))
+    return _references(parts)
+
+
+def kmeans_references(groups: Groups, clusters: int) -> References:
+    """Wilkinghoff's references: k-means sub-centroids of the source domain, every target clip."""
+    parts = defaultdict(list)
+    for key, domain, vectors, first in _by_section(groups):
+        if domain == "source":
+            centres = KMeans(n_clusters=min(clusters, len(vectors)), n_init=10,
+                             random_state=0).fit(vectors).cluster_centers_
+            refs, origins = centres / np.linalg.norm(centres, axis=1, keepdims=True), np.full(len(centres), -1)
+        else:  # few target clips: all kept
+            refs, origins = vectors, first + np.arange(len(vectors))
+        parts[key].append((domain, refs, np.ones(len(refs)), origins))
+    return _references(parts)
+
+
+def knn_references(groups: Groups) -> References:
+    """Every kept training embedding is a reference; a domain's distances are divided by its median
+    leave-one-out nearest-neighbour distance among its own training clips."""
+    parts = defaultdict(list)
+    for key, domain, vectors, first in _by_section(groups):
+        if len(vectors) < 2:
+            raise ValueError(f"references=knn needs at least 2 normal training clips per machine, section and "
+                             f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
+        own = np.arange(len(vectors))
+        scale = max(float(np.median(nearest(vectors, vectors, np.ones(len(vectors)), exclude=own))), 1e-6)
+        parts[key].append((domain, vectors, np.full(len(vectors), scale), first + own))
+    return _references(parts)
+
+
+def group_embeddings(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> Groups:
+    keys = list(zip(machines, sections, domains))
+    return {k: emb[[i for i, x in enumerate(keys) if x == k]] for k in sorted(set(keys))}
