@@ -48,12 +48,11 @@ class ClipSample:
 
     def add(self, group: tuple[str, str, str], clip_id: str, vectors: tuple[np.ndarray, ...]) -> None:
         self.seen[group] += 1
-        item = (-rank(self.seed, clip_id), clip_id, vectors)
-        heap = self.heaps[group]
-        if len(heap) < self.limit:
-            heapq.heappush(heap, item)
-        elif item[0] > heap[0][0]:
-            heapq.heapreplace(heap, item)
+        key, heap = -rank(self.seed, clip_id), self.heaps[group]
+        if len(heap) < self.limit or key > heap[0][0]:
+            # copies: a view would keep its whole batch alive, and memory would grow with the stream
+            item = (key, clip_id, tuple(np.array(v, np.float32) for v in vectors))
+            (heapq.heappush if len(heap) < self.limit else heapq.heapreplace)(heap, item)
 
     def groups(self, model: int) -> Groups:
         """Model ``model``'s vectors per group, in clip id order."""

@@ -238,7 +238,7 @@ def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int
         # the train split is normal operation: a clip without a label counts as normal
         for i in np.flatnonzero([lab in ("normal", None) for lab in batch["label"]]):
             group = (batch["machine"][i], batch["section"][i], batch["domain"][i] or UNKNOWN_DOMAIN)
-            sample.add(group, batch["clip_id"][i], tuple(c[i].astype(np.float32) for c in columns))
+            sample.add(group, batch["clip_id"][i], tuple(c[i] for c in columns))
     if not sample.heaps:
         raise ValueError(f"{source}: no normal training clips to fit references on")
     return sample

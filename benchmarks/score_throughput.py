@@ -36,6 +36,7 @@ class PeakMemory(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.peak, self.at_peak, self.driver, self.running = 0, [], 0, True
+        self.each: dict[int, tuple[int, str]] = {}  # pid -> (its own peak PSS, name)
 
     def run(self):
         me = psutil.Process()
@@ -45,12 +46,18 @@ class PeakMemory(threading.Thread):
                 try:
                     mem = p.memory_full_info()
                     sizes.append((mem.pss, mem.uss, " ".join(p.cmdline())[:40] or p.name()))
+                    if mem.pss > self.each.get(p.pid, (0, ""))[0]:
+                        self.each[p.pid] = (mem.pss, sizes[-1][2])
                 except psutil.Error:
                     pass
             self.driver = max(self.driver, sizes[0][0] if sizes else 0)  # this process: the job's driver
             if sum(s[0] for s in sizes) > self.peak:
                 self.peak, self.at_peak = sum(s[0] for s in sizes), sorted(sizes, reverse=True)
             time.sleep(0.5)
+
+    def largest_each(self, n: int = 3) -> str:
+        """The processes of the largest own peaks, whenever each was reached."""
+        return "; ".join(f"{name.strip()} {pss / 2**30:.2f}" for pss, name in sorted(self.each.values())[::-1][:n])
 
     def largest(self, n: int = 4) -> str:
         return "; ".join(f"{name.strip()} {pss / 2**30:.2f} ({uss / 2**30:.2f} private)"
@@ -79,6 +86,8 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--buffer-mb", type=int, default=ScoreConfig.model_fields["buffer_mb"].default)
     p.add_argument("--scales", default="1,10")
+    p.add_argument("--shard-mb", type=float, default=None, help="shard size of the synthesized data (default: "
+                   "synth's); memory is flat only once 1x fills whole shards")
     p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
                                                         "is what is measured")
     args = p.parse_args()
@@ -94,7 +103,8 @@ def main() -> None:
     for scale in map(int, args.scales.split(",")):  # every Ray run first: the plain loop would grow this process's heap
         per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
         data = f"{root}/data-{scale}x"
-        synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds,
+        shard = {"shard_mb": args.shard_mb} if args.shard_mb else {}
+        synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds, **shard,
                                counts=Counts(train_source=16, train_target=4, test_normal=per_domain // 2,
                                              test_anomaly=per_domain // 2)), progress=False)
         monitor = PeakMemory()
@@ -114,6 +124,7 @@ def main() -> None:
               f"{monitor.driver / 2**30:.2f} GiB; "
               f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
         print(f"    largest processes at the peak, PSS GiB: {monitor.largest()}")
+        print(f"    largest peaks of single processes, PSS GiB: {monitor.largest_each()}")
 
 if __name__ == "__main__":
     main()
