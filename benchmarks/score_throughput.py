@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import psutil
-import ray
 import torch
 
 from asd_ray import bundle, schema, shards
+from asd_ray.cluster import ensure_ray
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
                                                         "is what is measured")
     args = p.parse_args()
-    ray.init()
+    ensure_ray()  # as the jobs start Ray
     root = tempfile.mkdtemp(prefix="asd-score-bench-")
     model_cfg = ModelConfig(**SMALL) if args.small else ModelConfig()
     model, loss = DualStreamNet(model_cfg), SubClusterAdaCos(model_cfg.emb_dim, 2, 16)
