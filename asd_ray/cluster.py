@@ -14,7 +14,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Arrow's own allocator pool keeps what Parquet reads freed, so a long-lived read worker's memory
     # grows with the data it has read; the system allocator hands it back (the local Ray's workers
-    # inherit this; on a cluster, set it in the nodes' environment: infra/)
+    # inherit this; on a cluster the nodes' environment sets it: infra/docker/Dockerfile)
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 from ray.data.extensions import ArrowTensorArray
 
 from asd_ray import schema, shards, storage
+from asd_ray.heap import release_freed_memory
 from asd_ray.storage import StorageOptions
 
 
@@ -61,7 +63,10 @@ def decode_batch(batch: pa.Table, num_samples: int, crop: str = "start", sample_
     out = {c: batch.column(c).cast(pa.string()) for c in META_COLUMNS}
     out["attribute_key"] = pa.array([attribute_key(a) for a in batch.column("attributes").to_pylist()], pa.string())
     out["audio"] = ArrowTensorArray.from_numpy(audio)
-    return pa.table(out)
+    table = pa.table(out)
+    del batch, audio
+    release_freed_memory()
+    return table
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,39 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     rows. Rows carry ``clip_id, machine, section, domain, split, label, attribute_key`` and
     ``audio`` (float32, ``num_samples`` long). With ``sample_rate``, a clip of another rate is an
     error naming it. With ``pcm16``, ``audio`` stays int16 (scale by ``schema.PCM16_FULL_SCALE``).
+
+    One read task per shard, streaming it in batches of ``READ_ROWS`` clips: a read worker's memory
+    is one batch's, whatever the shard and dataset sizes (Ray Data's Parquet reader hands a task
+    several files and grew its workers with the data: measured in ``benchmarks/score_throughput.py``).
     """
-    ds = _read(url, split, machine, section, domain, options)
-    kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16}
-    return ds.map_batches(decode_batch, fn_kwargs=kwargs,
-                          batch_format="pyarrow", batch_size=64)
+    urls = shards.list_shards(url, split, machine, options)
+    if not urls:
+        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
+    row_groups(urls, options)  # every shard's schema checked before any read task starts
+    kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16,
+              "filters": {k: [v] if isinstance(v, str) else list(v)
+                          for k, v in (("section", section), ("domain", domain)) if v is not None},
+              "options": options}
+    return ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls)).map_batches(
+        read_shard_batches, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow")
+
+
+READ_ROWS = 64
+
+
+def read_shard_batches(shard: pa.Table, num_samples: int, crop: str, sample_rate: int | None, pcm16: bool,
+                       filters: dict[str, list[str]], options: StorageOptions | None) -> Iterator[pa.Table]:
+    """One shard (a one-row table of its URL) -> decoded batches of its matching clips."""
+    url = shard["url"][0].as_py()
+    fs, path = storage.pyarrow_fs(url, options)
+    with fs.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+            rows = pa.Table.from_batches([batch])
+            for name, values in filters.items():
+                rows = rows.filter(pc.is_in(rows[name], pa.array(values, pa.string())))
+            if rows.num_rows:
+                yield decode_batch(rows.append_column("path", pa.array([url] * rows.num_rows, pa.string())),
+                                   num_samples, crop, sample_rate, pcm16)
 
 
 def _keys(batch: pa.Table, sample_rate: int | None) -> dict[str, np.ndarray]:

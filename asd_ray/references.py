@@ -218,16 +218,25 @@ def mahalanobis_references(groups: Groups, folds: int = 5) -> References:
     refs.precisions = {k: np.concatenate(v) for k, v in precisions.items()}
     held_out = defaultdict(list)
     for key, domain, x in fitted:
-        own = np.full(len(x), np.inf)
-        fold = np.arange(len(x)) % min(folds, len(x))
-        for f in np.unique(fold) if len(x) > 1 else []:
-            fit = LedoitWolf().fit(x[fold != f])
-            own[fold == f] = mahalanobis(x[fold == f], fit.location_[None], fit.precision_[None])
         others = refs.domains[key] != domain
         other = mahalanobis(x, refs.vectors[key][others], refs.precisions[key][others])
-        held_out[key].append(np.minimum(own, other) if len(x) > 1 else np.full(len(x), np.inf))
+        own = cross_fitted_mahalanobis(x, folds)
+        held_out[key].append(np.minimum(own, other) if len(x) > 1 else own)  # a lone clip: no score (inf)
     refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
     return refs
+
+
+def cross_fitted_mahalanobis(x: np.ndarray, folds: int) -> np.ndarray:
+    """Each row's distance to a Gaussian fitted on the other folds (row ``i`` in fold ``i % folds``);
+    inf for a lone row, which has nothing to be compared with."""
+    own = np.full(len(x), np.inf)
+    if len(x) < 2:
+        return own
+    fold = np.arange(len(x)) % min(folds, len(x))
+    for f in range(min(folds, len(x))):
+        fit = LedoitWolf().fit(x[fold != f])
+        own[fold == f] = mahalanobis(x[fold == f], fit.location_[None], fit.precision_[None])
+    return own
 
 
 def centroid_references(groups: Groups) -> References:

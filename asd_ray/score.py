@@ -23,9 +23,6 @@ set); those stay null in the outputs.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 from typing import Literal
 
 import numpy as np
@@ -40,6 +37,7 @@ from scipy import stats
 from asd_ray import bundle, dataset, schema, storage
 from asd_ray.autoencoder import MachineAutoEncoders
 from asd_ray.config import JobConfig
+from asd_ray.heap import release_freed_memory
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.model import autocast
 from asd_ray.references import (ClipSample, Groups, References, centroid_references, check_finite,
@@ -49,7 +47,6 @@ from asd_ray.score_output import META, finish_outputs, prepare_outputs, read_sco
 from asd_ray.storage import StorageOptions
 
 __all__ = ["ScoreConfig", "run_score", "read_scores", "Embedder", "fit_references"]
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
 
 
 class ScoreConfig(JobConfig):
@@ -123,7 +120,7 @@ class Embedder:
     def embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = {}
         with torch.inference_mode(), autocast(self.device):
-            pcm = torch.as_tensor(batch["audio"], device=self.device)  # int16 until it is on the device
+            pcm = torch.tensor(batch["audio"], device=self.device)  # int16 until on the device; batches are read-only
             wave = pcm.float() / schema.PCM16_FULL_SCALE
             for k, model in enumerate(self.models):
                 if isinstance(model, MachineAutoEncoders):
@@ -175,14 +172,6 @@ def clip_scores(refs: list[References], machine: str, section: str, columns: dic
                for k, (r, (mu, sd)) in enumerate(zip(refs, norms)))
 
 
-def release_freed_memory() -> None:
-    """Hand freed heap back to the OS. Every batch allocates and frees tens of MB of audio and
-    activations; glibc keeps such freed blocks fragmented in the heap, so a long-lived actor's
-    memory would creep up with the number of batches it has seen."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
           references: ray.ObjectRef | None = None) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
@@ -201,13 +190,12 @@ def limit_buffering(cfg: ScoreConfig) -> None:
       audio in the object store (up to 30% of RAM by default).
     - Blocks of at most an eighth of it: Ray Data would otherwise make a block of each shard
       (up to 128 MB), so memory would grow with the shard size.
-    - Reads in workers of their own: a worker that read Parquet keeps Arrow's memory after the task.
+    - Read workers recycled (``dataset.READ_TASKS_PER_WORKER``).
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=cfg.buffer_mb * 2**20)
     ctx.target_max_block_size = min(ctx.target_max_block_size, cfg.buffer_mb * 2**20 // 8)
-    ctx.isolate_read_workers = True
 
 
 def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) -> References:

@@ -97,22 +97,12 @@ def write_bytes_atomic(url: str, data: bytes, options: StorageOptions | None = N
     Local files go to a hidden temporary name in the same folder and are renamed into place.
     Object stores publish an object only when its PUT (or multipart upload) completes.
     """
-    fs, path = fsspec_fs(url, options)
-    parent = path.rsplit("/", 1)[0]
     if is_local(url):
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with open_atomic(url, options) as f:
+            f.write(data)
     else:
-        fs.pipe_file(path, data)
+        fs, path = fsspec_fs(url, options)
+        fs.pipe_file(path, data)  # one PUT, published when complete
 
 
 def read_bytes(url: str, options: StorageOptions | None = None) -> bytes:

@@ -5,9 +5,11 @@ same device.
     python benchmarks/score_throughput.py [--clips 960] [--seconds 10] [--gpu]
     python benchmarks/score_throughput.py --clips 200 --seconds 1 --small --scales 1,10,50   # CPU size
 
-Peak memory is the largest sum of proportional set sizes (PSS: shared pages such as the object
-store's are split between the processes that map them, not counted once per process) over this
-process and all its children (the local Ray: raylet, object store, workers), sampled every 0.5 s.
+Peak memory is the largest sum of proportional set sizes (PSS: shared pages are split between the
+processes that map them, not counted once per process) over this process and all its children
+(the local Ray: raylet, object store, workers), sampled every 0.5 s; per process, its own memory
+(PSS without the object store's pages; the store's size is a setting, ``buffer_mb`` bounds what
+the job keeps there).
 The model is freshly initialised: throughput does not depend on training.
 """
 
@@ -33,35 +35,41 @@ SMALL = dict(emb_dim=64, n_fft=512, hop_length=256, fft_channels=[16, 32, 32], s
 
 
 class PeakMemory(threading.Thread):
+    """Peak memory of this process and all its children (the local Ray), sampled every 0.5 s.
+
+    A process's own memory is its PSS without the pages of the object store it maps
+    (``/dev/shm/plasma*``): those are the object store's, whose size is a setting, and a consumer of
+    a block that its producer no longer maps would otherwise look as if it held the block itself.
+    """
+
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.at_peak, self.driver, self.running = 0, [], 0, True
-        self.each: dict[int, tuple[int, str]] = {}  # pid -> (its own peak PSS, name)
+        self.peak, self.store, self.driver, self.running = 0, 0, 0, True
+        self.each: dict[int, tuple[int, str]] = {}  # pid -> (its own peak memory, name)
 
     def run(self):
         me = psutil.Process()
         while self.running:
-            sizes = []
+            total = store = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    mem = p.memory_full_info()
-                    sizes.append((mem.pss, mem.uss, " ".join(p.cmdline())[:40] or p.name()))
-                    if mem.pss > self.each.get(p.pid, (0, ""))[0]:
-                        self.each[p.pid] = (mem.pss, sizes[-1][2])
+                    maps = p.memory_maps()
+                    name = " ".join(p.cmdline())[:40] or p.name()
                 except psutil.Error:
-                    pass
-            self.driver = max(self.driver, sizes[0][0] if sizes else 0)  # this process: the job's driver
-            if sum(s[0] for s in sizes) > self.peak:
-                self.peak, self.at_peak = sum(s[0] for s in sizes), sorted(sizes, reverse=True)
+                    continue
+                shared = sum(m.pss for m in maps if "plasma" in m.path)
+                own = sum(m.pss for m in maps) - shared
+                total, store = total + own + shared, store + shared
+                if own > self.each.get(p.pid, (0, ""))[0]:
+                    self.each[p.pid] = (own, name)
+                if p is me:
+                    self.driver = max(self.driver, own)  # this process: the job's driver
+            self.peak, self.store = max(self.peak, total), max(self.store, store)
             time.sleep(0.5)
 
-    def largest_each(self, n: int = 3) -> str:
+    def largest(self, n: int = 3) -> str:
         """The processes of the largest own peaks, whenever each was reached."""
-        return "; ".join(f"{name.strip()} {pss / 2**30:.2f}" for pss, name in sorted(self.each.values())[::-1][:n])
-
-    def largest(self, n: int = 4) -> str:
-        return "; ".join(f"{name.strip()} {pss / 2**30:.2f} ({uss / 2**30:.2f} private)"
-                         for pss, uss, name in self.at_peak[:n])
+        return "; ".join(f"{name.strip()} {own / 2**30:.2f}" for own, name in sorted(self.each.values())[::-1][:n])
 
 
 def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
@@ -120,11 +128,11 @@ def main() -> None:
         total = scored + 40  # test clips scored + train clips embedded for the references
         plain = plain_loop(data, f"{root}/model", device, args.batch)
         print(f"{scale:>2}x: {scored} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
-              f"{total / wall:.1f} clips/s; peak memory (PSS) {monitor.peak / 2**30:.2f} GiB, driver "
-              f"{monitor.driver / 2**30:.2f} GiB; "
+              f"{total / wall:.1f} clips/s; peak memory (all processes, PSS) "
+              f"{monitor.peak / 2**30:.2f} GiB, driver {monitor.driver / 2**30:.2f} GiB; "
               f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
-        print(f"    largest processes at the peak, PSS GiB: {monitor.largest()}")
-        print(f"    largest peaks of single processes, PSS GiB: {monitor.largest_each()}")
+        print(f"    largest peaks of single processes (own memory, GiB): {monitor.largest()}; "
+              f"object store pages in use at most {monitor.store / 2**30:.2f} GiB")
 
 if __name__ == "__main__":
     main()

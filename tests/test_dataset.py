@@ -47,6 +47,24 @@ def test_decoded_audio_matches_stored_pcm(synth_s3):
     np.testing.assert_array_equal(pcm["audio"] / np.float32(schema.PCM16_FULL_SCALE), row["audio"])
 
 
+def test_a_shard_is_read_in_bounded_batches(synth_s3, monkeypatch):
+    """A read task streams its shard: no batch larger than READ_ROWS, every matching clip once."""
+    import pyarrow as pa
+
+    from asd_ray import dataset
+
+    url = shards.list_shards(synth_s3, "train", "pump")[0]
+    stored = shards.read_shard(url, columns=["clip_id", "domain"])
+    monkeypatch.setattr(dataset, "READ_ROWS", 5)
+    batches = list(dataset.read_shard_batches(pa.table({"url": [url]}), num_samples=100, crop="start",
+                                              sample_rate=None, pcm16=True, filters={"domain": ["source"]},
+                                              options=None))
+    assert len(batches) > 1 and max(b.num_rows for b in batches) <= 5
+    ids = [i for b in batches for i in b["clip_id"].to_pylist()]
+    expected = [i for i, d in zip(stored["clip_id"].to_pylist(), stored["domain"].to_pylist()) if d == "source"]
+    assert ids == expected and len(ids) >= 10
+
+
 def test_schema_error_names_shard_and_column(ray_local, tmp_path, tiny_synth_config):
     from asd_ray.synth.generate import synthesize
 
