@@ -118,7 +118,7 @@ def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Fil
 
 def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
-               sample_rate: int | None = None, pcm16: bool = False,
+               sample_rate: int | None = None, pcm16: bool = False, read_tasks: int | None = None,
                options: StorageOptions | None = None) -> ray.data.Dataset:
     """A Ray Dataset of the clips under ``url`` that match the filters.
 
@@ -130,6 +130,8 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     One read task per shard, streaming it in batches of ``READ_ROWS`` clips: a read worker's memory
     is one batch's, whatever the shard and dataset sizes (Ray Data's Parquet reader hands a task
     several files and grew its workers with the data: measured in ``benchmarks/score_throughput.py``).
+    With ``read_tasks``, at most that many run at once and they reserve no CPU: a pipeline whose
+    actors hold every CPU still reads (Ray Data would otherwise wait for a free CPU forever).
     """
     urls = shards.list_shards(url, split, machine, options)
     if not urls:
@@ -140,7 +142,8 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
                           for k, v in (("section", section), ("domain", domain)) if v is not None},
               "options": options}
     return ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls)).map_batches(
-        read_shard_batches, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow")
+        read_shard_batches, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
+        **({"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=read_tasks)} if read_tasks else {}))
 
 
 READ_ROWS = 64

@@ -175,7 +175,7 @@ def clip_scores(refs: list[References], machine: str, section: str, columns: dic
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
           references: ray.ObjectRef | None = None) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
-                            sample_rate=info.sample_rate, pcm16=True, options=cfg.storage)
+                            sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors, options=cfg.storage)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu, "references": references},
@@ -295,7 +295,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     shipped = ray.put([r.to_bytes() for r in refs])  # once, to every actor through the object store
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
     embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
-        path, filesystem=fs, min_rows_per_file=cfg.rows_per_file)
+        path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
+        ray_remote_args={"num_cpus": 0})  # a few KB of scores a batch; the actors may hold every CPU
     return finish_outputs(cfg.out, cfg.storage, cfg.model_dump(mode="json", exclude={"storage"}),
                           expected=test_clip_count(cfg))
 

@@ -155,9 +155,9 @@ def _concurrency(cfg: SweepConfig) -> int:
         return cfg.max_concurrent
     res = ray.cluster_resources()
     if cfg.train.use_gpu:
-        return max(1, int(res.get("GPU", 0) // cfg.train.num_workers))
+        return max(1, int(res.get("GPU", 0) // cfg.train.max_workers))
     # a trial needs its workers' CPUs plus about one CPU for Ray Data's readers
-    return max(1, int(res.get("CPU", 1) // (cfg.train.num_workers * cfg.train.cpus_per_worker + 1)))
+    return max(1, int(res.get("CPU", 1) // (cfg.train.max_workers * cfg.train.cpus_per_worker + 1)))
 
 
 def _settings(cfg: SweepConfig) -> dict:

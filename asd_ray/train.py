@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from asd_ray import bundle, dataset, storage
 from asd_ray.augment import feature_exchange, mixup
@@ -40,7 +40,7 @@ STATE_FILE = "state.pt"
 SETTINGS_FILE = "settings.json"
 # what a resumed run may change: where and how it runs (the input pipeline's buffers included),
 # and how many epochs it runs in all
-RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "use_gpu", "cpus_per_worker", "epochs",
+RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
              "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "autoencoder_epochs",
              "ensemble"}
@@ -55,7 +55,9 @@ class TrainConfig(JobConfig):
     name: str = Field("asd-train", description="run name; the same name and storage_path resume")
     storage_path: str = Field("runs/train", description="URL under which runs and checkpoints live")
     bundle: str | None = Field(None, description="URL of the model bundle (default <storage_path>/<name>/model)")
-    num_workers: int = Field(1, ge=1)
+    num_workers: int | tuple[int, int] = Field(1, description="training workers; [min, max]: elastic, it carries on "
+                                               "with as few as min when nodes are lost and grows back to max")
+    resize_check_s: float = Field(60.0, gt=0, description="elastic runs: how often Ray Train looks for room to grow")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data's readers")
     epochs: int = Field(6, ge=1, description="6 beat 10 and 16 in the quality benchmark (README: quality)")
@@ -97,6 +99,18 @@ class TrainConfig(JobConfig):
     model: ModelConfig = ModelConfig()
     autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
+
+    @field_validator("num_workers")
+    @classmethod
+    def _worker_range(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if not 1 <= low <= high:
+            raise ValueError(f"expected a count >= 1 or [min, max] with 1 <= min <= max, got {value}")
+        return value
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
 
     @property
     def clip_samples(self) -> int:
@@ -172,7 +186,7 @@ def train_loop(config: dict) -> None:
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, correct, clips = totals.tolist()
-        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "loss": loss_sum / max(clips, 1),
+        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "workers": world, "loss": loss_sum / max(clips, 1),
                    "accuracy": correct / max(clips, 1) if loss_fn else float("nan"),
                    "clips_per_s": clips / (time.time() - t0), "lr": lr,
                    "scale": float(loss_fn.scale) if loss_fn else float("nan"), "start_epoch": start_epoch}
@@ -181,7 +195,8 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             extra = f"  official score {metrics['official_score']:.4f}" if cfg.validation else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  aux acc {metrics['accuracy']:.3f}  "
-                  f"{metrics['clips_per_s']:.1f} clips/s  lr {metrics['lr']:.2e}  scale {metrics['scale']:.2f}{extra}",
+                  f"{metrics['clips_per_s']:.1f} clips/s  lr {metrics['lr']:.2e}  scale {metrics['scale']:.2f}  "
+                  f"workers {world}{extra}",
                   flush=True)
         save = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         if save and rank == 0:
@@ -284,14 +299,16 @@ def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = No
     """The dataset is handed over as a factory: Ray Train builds it in its controller, so that a
     trainer started inside a Tune trial does not run Ray Data in the trial's small placement group.
     ``first_epoch`` (of a resumed run) continues the input's per-epoch orders."""
-    print(f"train: {len(labels)} auxiliary classes; {cfg.num_workers} worker(s), gpu={cfg.use_gpu}; "
+    workers = cfg.num_workers if isinstance(cfg.num_workers, int) else "{} to {}".format(*cfg.num_workers)
+    print(f"train: {len(labels)} auxiliary classes; {workers} worker(s), gpu={cfg.use_gpu}; "
           f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
     return ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                                     **({"GPU": 1} if cfg.use_gpu else {})}),
+                                                                     **({"GPU": 1} if cfg.use_gpu else {})},
+                                               elastic_resize_monitor_interval_s=cfg.resize_check_s),
         run_config=run_config(cfg, callbacks),
         datasets={"train": lambda: training_data(cfg, labels, first_epoch)},
         dataset_config=ray.train.DataConfig(execution_options={"train": ingest_options(cfg.input_buffer_mb)}),
