@@ -43,3 +43,19 @@ def test_malformed_file_is_a_clear_error(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(SynthConfig, path)
+
+
+def test_num_workers_is_a_count_or_an_elastic_range():
+    """``num_workers=[min, max]`` reaches Ray Train as an elastic ScalingConfig; a reversed or
+    empty range is an error naming the field."""
+    from asd_ray.labels import LabelMap
+    from asd_ray.train import TrainConfig, make_trainer
+
+    cfg = load_config(TrainConfig, None, ["num_workers=[1, 3]", "resize_check_s=5"])
+    assert cfg.num_workers == (1, 3) and cfg.max_workers == 3
+    scaling = make_trainer(cfg, LabelMap(classes=["a", "b"])).scaling_config
+    assert scaling.num_workers == (1, 3) and scaling.elastic_resize_monitor_interval_s == 5
+    assert load_config(TrainConfig, None, ["num_workers=2"]).max_workers == 2
+    for bad in ("[3, 1]", "[0, 2]", "0"):
+        with pytest.raises(ConfigError, match="num_workers"):
+            load_config(TrainConfig, None, [f"num_workers={bad}"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -263,3 +264,43 @@ def test_scoring_that_loses_a_node_scores_every_clip_once(cluster, submitted):
     assert after.num_rows == 160 and len(set(after["clip_id"].to_pylist())) == 160
     assert after["clip_id"].to_pylist() == before["clip_id"].to_pylist()
     np.testing.assert_allclose(after["score"].to_numpy(), before["score"].to_numpy(), rtol=1e-5)
+
+
+def test_synth_that_loses_a_node_mid_write_keeps_readers_on_a_whole_dataset(cluster, submitted):
+    """A re-run of synth into the same dataset (another seed) loses a worker node while its tasks
+    write shards: readers meanwhile see the old dataset whole, the lost tasks run again elsewhere,
+    and the job ends with the new dataset whole (every clip once)."""
+    from asd_ray import dataset, shards
+    from asd_ray.storage import StorageOptions
+
+    nodes, env = cluster
+    data = submitted["data"]
+    options = StorageOptions(endpoint_url=env["AWS_ENDPOINT_URL"])
+
+    def clip_ids() -> list[str]:
+        return sorted(i for u in shards.list_shards(data, options=options)
+                      for i in shards.read_shard(u, columns=["clip_id"], options=options)["clip_id"].to_pylist())
+
+    old = shards.list_shards(data, options=options)
+    if len(nodes.nodes) < 4:  # head, two workers, the spare: a worker to lose and one to carry on
+        nodes.add_worker("spare")
+    subprocess.run([RAY, "job", "submit", "--address", nodes.address, "--submission-id", "synth-again", "--no-wait",
+                    "--working-dir", ".", "--", "python", "jobs/synth.py", "--config", "infra/configs/synth-s3.yaml",
+                    f"out={data}", "clip_seconds=1", "machines=[fan,pump]", "seed=7", "shard_mb=0.2",
+                    "counts={train_source: 12, train_target: 4, test_normal: 20, test_anomaly: 20}"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    deadline, lost = time.time() + 180, None
+    while lost is None and time.time() < deadline:
+        progress = re.findall(r"synth: (\d+)/(\d+)", nodes.job_logs("synth-again"))
+        if progress and 0 < int(progress[-1][0]) < int(progress[-1][1]):
+            lost = sorted(n for n in nodes.nodes if n.startswith("worker"))[0]
+            nodes.lose(lost)
+            assert shards.list_shards(data, options=options) == old  # mid-write: the old dataset, whole
+        time.sleep(0.2)
+    assert lost, "the synth job was not seen mid-write"
+    while nodes.job_status("synth-again") in ("PENDING", "RUNNING") and time.time() < deadline + 300:
+        time.sleep(1.0)
+    assert nodes.job_status("synth-again") == "SUCCEEDED", nodes.job_logs("synth-again")[-3000:]
+    assert not set(shards.list_shards(data, options=options)) & set(old)  # the new generation only
+    new = clip_ids()
+    assert len(new) == len(set(new)) == dataset.count_clips(data, options=options) == 2 * (12 + 4 + 2 * (20 + 20))

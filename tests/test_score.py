@@ -85,9 +85,17 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
 
 
 def test_an_added_autoencoder_without_a_model_for_a_machine_type_is_refused(trained):
-    fan_ae = train(TrainConfig(data=f"{B}/fan-only", storage_path=f"{B}/runs", name="ae-fan", method="autoencoder",
-                               epochs=1, batch_size=8, clip_seconds=1.0, mixup_alpha=0.0, cpus_per_worker=1,
-                               autoencoder={"n_mels": 32, "hidden": 32}))["bundle"]
+    """An autoencoder bundle for fan alone (untrained weights: what it would score does not matter)."""
+    from asd_ray.autoencoder import AEConfig, MachineAutoEncoders
+    from asd_ray.labels import LabelMap
+    from asd_ray.model import ModelConfig
+
+    info = bundle.BundleInfo(method="autoencoder", model=ModelConfig(**TINY_MODEL),
+                             autoencoder=AEConfig(n_mels=32, hidden=32),
+                             labels=LabelMap(classes=["fan|00|source"]), n_subclusters=1,
+                             sample_rate=16000, clip_samples=16000)
+    fan_ae = bundle.save_bundle(f"{B}/runs/ae-fan/model", info, bundle.weights_bytes(
+        MachineAutoEncoders(["fan"], info.autoencoder), None))
     cfg = ScoreConfig(bundle=trained, add_bundles=[fan_ae], data=f"{B}/data", out=f"{B}/out-refused", batch_size=8,
                       references_to=f"{B}/out-refused/refs.npz")
     with pytest.raises(ValueError, match="no model for machine type 'compressor'"):
