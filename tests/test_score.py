@@ -343,11 +343,13 @@ def test_max_references_bounds_what_a_scoring_job_keeps(trained):
     assert all(len(v) == 9 for v in refs.vectors.values())
 
 
-def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(trained):
+def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(trained, monkeypatch):
     """The scoring actor's process is killed while it works through the test clips: Ray Data
     starts another and retries its batches; the output holds each clip once, with the scores of
     an undisturbed run."""
     from ray.util.state import list_actors
+
+    import asd_ray.score
 
     data = f"{B}/many"
     synthesize(SynthConfig(out=data, clip_seconds=1.0, machines=["fan"],
@@ -356,19 +358,27 @@ def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(train
     quiet = ScoreConfig(bundle=trained, data=data, out=f"{B}/out-calm", batch_size=2, references="centroid",
                         references_to=f"{B}/out-calm/refs.npz")
     run_score(quiet)
-    killed, seen = [], set()
+    killed, scoring = [], threading.Event()
+    prepare = asd_ray.score.prepare_outputs
+
+    def prepare_then_signal(*args, **kwargs):  # the job's own step just before the scoring pass
+        prepare(*args, **kwargs)
+        scoring.set()
+    monkeypatch.setattr(asd_ray.score, "prepare_outputs", prepare_then_signal)
+
+    def embedders():
+        return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Embedder" in a.class_name and a.pid]
 
     def kill_the_scoring_actor():
+        scoring.wait(120)
+        fitting = {a.actor_id for a in embedders()}  # the fitting pass's actors, if not gone yet
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                     if "Embedder" in a.class_name and a.pid]
-            for actor in alive:
-                if seen and actor.actor_id not in seen:  # the second pass's actor: scoring
+            for actor in embedders():
+                if actor.actor_id not in fitting and not killed:
                     time.sleep(1.0)  # a few of its batches done
                     os.kill(actor.pid, signal.SIGKILL)
                     killed.append(actor.pid)
-                seen.add(actor.actor_id)
             time.sleep(0.1)
     watcher = threading.Thread(target=kill_the_scoring_actor, daemon=True)
     watcher.start()
