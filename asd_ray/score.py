@@ -190,7 +190,7 @@ def limit_buffering(cfg: ScoreConfig) -> None:
       audio in the object store (up to 30% of RAM by default).
     - Blocks of at most an eighth of it: Ray Data would otherwise make a block of each shard
       (up to 128 MB), so memory would grow with the shard size.
-    - Read workers recycled (``dataset.READ_TASKS_PER_WORKER``).
+    - Each shard read by a task of its own in batches (``dataset.read_clips``).
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(

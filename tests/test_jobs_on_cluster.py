@@ -156,11 +156,11 @@ def cluster(s3_endpoint, tmp_path_factory):
         nodes.shutdown()
 
 
-def submit(address: str, env: dict, job_id: str, *args: str) -> subprocess.CompletedProcess:
+def submit(address: str, env: dict, job_id: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
     """README's command: ``ray job submit --address ... --working-dir . -- python jobs/...``."""
     return subprocess.run([RAY, "job", "submit", "--address", address, "--submission-id", job_id,
-                           "--working-dir", ".", "--", "python", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           *([] if wait else ["--no-wait"]), "--working-dir", ".", "--", "python", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=not wait)
 
 
 def job(address: str, env: dict, what: str, job_id: str) -> str:
@@ -217,8 +217,7 @@ def test_jobs_submitted_to_a_cluster_run_end_to_end_on_s3(cluster, submitted):
     assert manifest["scored"] == 2 * 2 * (20 + 20)  # 2 machines x 2 domains x (normal + anomalous)
     assert fs.exists(f"{scores}/anomaly_score_fan_section_00_test.csv")
     assert fs.exists(f"{scores}/evaluation/report.md")
-    logs = subprocess.run([RAY, "job", "logs", "--address", nodes.address, "e2e-evaluate"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60).stdout
+    logs = job(nodes.address, env, "logs", "e2e-evaluate")
     assert "official score" in logs
 
 
@@ -228,8 +227,7 @@ def test_a_job_with_a_bad_config_fails_with_its_error_in_the_logs(cluster):
                   "epochs=-1")
     assert done.returncode != 0
     assert nodes.job_status("bad-config") == "FAILED"
-    logs = subprocess.run([RAY, "job", "logs", "--address", nodes.address, "bad-config"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60).stdout
+    logs = job(nodes.address, env, "logs", "bad-config")
     assert "epochs" in logs and "greater than" in logs  # pydantic's message, naming the field
 
 
@@ -242,9 +240,7 @@ def test_scoring_that_loses_a_node_scores_every_clip_once(cluster, submitted):
     nodes, env = cluster
     nodes.add_worker("spare")  # where the lost node's actor can go
     out = f"{submitted['bucket']}/scores/lost-a-node"
-    subprocess.run([RAY, "job", "submit", "--address", nodes.address, "--submission-id", "lost", "--no-wait",
-                    "--working-dir", ".", "--", "python", *submitted["score_args"], f"out={out}"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    submit(nodes.address, env, "lost", *submitted["score_args"], f"out={out}", wait=False)
     deadline, lost = time.time() + 180, None
     while lost is None and time.time() < deadline:  # the scoring pass's actors (the second pass)
         if "score: scoring" in nodes.job_logs("lost"):
@@ -284,11 +280,9 @@ def test_synth_that_loses_a_node_mid_write_keeps_readers_on_a_whole_dataset(clus
     old = shards.list_shards(data, options=options)
     if len(nodes.nodes) < 4:  # head, two workers, the spare: a worker to lose and one to carry on
         nodes.add_worker("spare")
-    subprocess.run([RAY, "job", "submit", "--address", nodes.address, "--submission-id", "synth-again", "--no-wait",
-                    "--working-dir", ".", "--", "python", "jobs/synth.py", "--config", "infra/configs/synth-s3.yaml",
-                    f"out={data}", "clip_seconds=1", "machines=[fan,pump]", "seed=7", "shard_mb=0.2",
-                    "counts={train_source: 12, train_target: 4, test_normal: 20, test_anomaly: 20}"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    submit(nodes.address, env, "synth-again", "jobs/synth.py", "--config", "infra/configs/synth-s3.yaml",
+           f"out={data}", "clip_seconds=1", "machines=[fan,pump]", "seed=7", "shard_mb=0.2",
+           "counts={train_source: 12, train_target: 4, test_normal: 20, test_anomaly: 20}", wait=False)
     deadline, lost = time.time() + 180, None
     while lost is None and time.time() < deadline:
         progress = re.findall(r"synth: (\d+)/(\d+)", nodes.job_logs("synth-again"))
