@@ -42,11 +42,11 @@ SETTINGS_FILE = "settings.json"
 # and how many epochs it runs in all
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
-             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "autoencoder_epochs",
+             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
+             "autoencoder_epochs",
              "ensemble"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
-FAULT_EPOCH_ENV, FAULT_MARKER_ENV = "ASD_RAY_TEST_KILL_AT_EPOCH", "ASD_RAY_TEST_KILL_MARKER"
 
 
 class TrainConfig(JobConfig):
@@ -69,6 +69,9 @@ class TrainConfig(JobConfig):
     block_clips: int = Field(32, ge=1, description="clips per block of the training input")
     input_buffer_mb: float = Field(512.0, gt=0, description="object-store budget of the training input (Ray Data's "
                                                             "resource limit): blocks read ahead of the workers")
+    reads_per_worker: int = Field(2, ge=1, description="read tasks of the training input at once, per worker (of "
+                                  "the most workers); they reserve no CPU, so workers holding every CPU do not "
+                                  "starve them")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     mixup_alpha: float = Field(1.0, ge=0, description="mixup's Beta(alpha, alpha); 1: a uniform mixing weight")
@@ -141,12 +144,15 @@ def train_loop(config: dict) -> None:
     loss_fn = loss_fn.to(device) if loss_fn is not None else None
     featex_fn = featex_fn.to(device) if featex_fn is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch = 0
+    start_epoch, history = 0, []  # history: every epoch's metrics, carried in the checkpoints
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
         start_epoch = restore(state, core, loss_fn, featex_fn, opt)
+        history = [m for m in state.get("history", []) if m["epoch"] < start_epoch]
+        if rank == 0:
+            print(f"train: resumed from the checkpoint after epoch {start_epoch}, {world} worker(s)", flush=True)
     machines = bundle_info(cfg, labels).machines  # class index -> machine type index, for the autoencoder
     class_machine = torch.tensor([machines.index(c.split("|")[0]) for c in labels.classes], device=device)
     shard = ray.train.get_dataset_shard("train")
@@ -154,7 +160,6 @@ def train_loop(config: dict) -> None:
            if cfg.validation and rank == 0 else None)
 
     for epoch in range(start_epoch, cfg.epochs):
-        _maybe_fail(epoch, rank)
         model.train()
         lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
         for group in opt.param_groups:
@@ -192,6 +197,7 @@ def train_loop(config: dict) -> None:
                    "scale": float(loss_fn.scale) if loss_fn else float("nan"), "start_epoch": start_epoch}
         if cfg.validation:
             metrics["official_score"] = validation_score(core, val, device) if val else float("nan")
+        history.append(metrics)
         if rank == 0:
             extra = f"  official score {metrics['official_score']:.4f}" if cfg.validation else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  aux acc {metrics['accuracy']:.3f}  "
@@ -204,7 +210,7 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as d:
                 state = {"model": core.state_dict(), "loss": loss_fn.state_dict() if loss_fn else {},
                          "featex": featex_fn.state_dict() if featex_fn else {},
-                         "optimizer": opt.state_dict(), "epoch": epoch}
+                         "optimizer": opt.state_dict(), "epoch": epoch, "history": history}
                 torch.save(state, os.path.join(d, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
@@ -255,15 +261,6 @@ def companion_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
     return companions
 
 
-def _maybe_fail(epoch: int, rank: int) -> None:
-    """Test-only fault hook: with both env vars set, rank 0 dies hard once at that epoch."""
-    at, marker = os.environ.get(FAULT_EPOCH_ENV), os.environ.get(FAULT_MARKER_ENV)
-    if at is not None and marker and rank == 0 and epoch == int(at) and not os.path.exists(marker):
-        open(marker, "w").close()
-        print(f"fault hook: killing worker rank 0 at epoch {epoch}", flush=True)
-        os._exit(1)
-
-
 def label_map(cfg: TrainConfig) -> LabelMap:
     """The auxiliary classes of the training clips (metadata only); checks every clip's sample rate."""
     keys = dataset.clip_keys(cfg.data, split="train", machine=cfg.machines, sample_rate=cfg.sample_rate,
@@ -280,7 +277,8 @@ def training_data(cfg: TrainConfig, labels: LabelMap, first_epoch: int = 0, meta
     settings = ReadSettings(options=cfg.storage, num_samples=cfg.clip_samples, sample_rate=cfg.sample_rate,
                             classes=labels.classes, with_domain=cfg.class_domain, block_clips=cfg.block_clips,
                             meta=meta)
-    return training_dataset(cfg.data, cfg.machines, settings, cfg.seed, cfg.mix_row_groups, first_epoch)
+    return training_dataset(cfg.data, cfg.machines, settings, cfg.seed, cfg.mix_row_groups, first_epoch,
+                            read_tasks=cfg.reads_per_worker * cfg.max_workers)
 
 
 def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:
@@ -289,8 +287,6 @@ def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.Run
         name=cfg.name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        worker_runtime_env={"env_vars": {k: os.environ[k] for k in (FAULT_EPOCH_ENV, FAULT_MARKER_ENV)
-                                         if k in os.environ}},
     )
 
 
@@ -387,8 +383,9 @@ def _fit(cfg: TrainConfig, labels: LabelMap) -> tuple[dict, bundle.BundleInfo, b
         raise RuntimeError(f"run '{cfg.name}' finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = bundle.load_weights(open(os.path.join(d, STATE_FILE), "rb").read(), d)
-    history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+    history = state.get("history") or sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
     training = {"data": cfg.data, "run": cfg.name, "epochs": state["epoch"] + 1, "final": result.metrics,
+                "history": history,  # every epoch's metrics (workers included: an elastic run's size)
                 "config": cfg.model_dump(mode="json", exclude={"storage"})}
     info = bundle_info(cfg, labels, training)
     model, loss_fn = bundle.build(info)

@@ -119,13 +119,19 @@ def training_rows(clips: pa.Table, labels: LabelMap, with_domain: bool, meta: bo
 
 
 def training_dataset(url: str, machines: list[str] | None, settings: ReadSettings, seed: int, mix_row_groups: int,
-                     first_epoch: int = 0) -> ray.data.Dataset:
-    """The training clips under ``url`` as a streaming Ray Dataset (int16 ``audio``, ``label``)."""
+                     first_epoch: int = 0, read_tasks: int | None = None) -> ray.data.Dataset:
+    """The training clips under ``url`` as a streaming Ray Dataset (int16 ``audio``, ``label``).
+
+    With ``read_tasks``, at most that many read tasks run at once and they reserve no CPU: Train
+    workers may hold every CPU of the cluster (an elastic run grows until they do), and reads that
+    wait for a free CPU would then wait forever."""
     urls = shards.list_shards(url, "train", machines, settings.options)
     if not urls:
         raise FileNotFoundError(f"no training clip shards under {url} (machine={machines})")
     source = TrainingClips(row_groups(urls, settings.options), settings, seed, mix_row_groups, first_epoch)
-    return ray.data.read_datasource(source)
+    if read_tasks is None:
+        return ray.data.read_datasource(source)
+    return ray.data.read_datasource(source, num_cpus=0, concurrency=read_tasks)
 
 
 def ingest_options(buffer_mb: float):
