@@ -107,17 +107,6 @@ def test_training_checks_the_sample_rate_before_it_starts(train_data):
     assert not fs.exists("asd-train/runs/8k")  # refused before anything was started or written
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_resume_on_a_gpu(train_data):
-    """The optimizer state restored on the GPU: the first step after a resume used to fail with
-    tensors on two devices."""
-    first = train(_cfg(train_data, "gpu-resume", epochs=1, num_workers=1, use_gpu=True))
-    assert first["metrics"]["epochs_done"] == 1
-    resumed = train(_cfg(train_data, "gpu-resume", epochs=2, num_workers=1, use_gpu=True))
-    assert resumed["metrics"]["start_epoch"] == 1 and resumed["metrics"]["epochs_done"] == 2
-
-
 def test_runs_recorded_before_a_setting_became_resumable_still_resume(tmp_path):
     """``shuffle_buffer`` was a recorded setting before the streaming input made it resumable."""
     from asd_ray.train import SETTINGS_FILE, _settings, check_settings

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Every GPU figure in one short run, for a machine with one GPU and a CUDA build of torch (issue 18):
+# installs the package (from benchmarks/gpu-carry, made by benchmarks/gpu_carry.sh, where the machine
+# has no network; else from the registry), runs the `gpu` tests, then each speed figure under a time
+# cap, and writes every step's output, with the GPU's name, driver and torch versions, to
+# OUT/gpu_check.json and OUT/gpu_check.md. The caps add up to under 9 minutes.
+#
+#     bash benchmarks/gpu_check.sh OUT       # on the device tool: bash benchmarks/gpu_check.sh "$OUT"
+#
+# Without CUDA it stops at once, before installing or running anything, and says so (exit 2).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "gpu_check: no CUDA device visible to $PY's torch ($("$PY" -c 'import torch; print(torch.__version__)' \
+        2>&1 | tail -1)): nothing installed or run" >&2
+    exit 2
+fi
+START=$(date +%s)
+VENV="${GPU_VENV:-/tmp/asd-gpu-venv}"  # the image's torch and packages, plus what is carried
+"$PY" -m venv --system-site-packages "$VENV"
+VPY="$VENV/bin/python"
+if [ -d benchmarks/gpu-carry ]; then
+    SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    tar -C "$SITE" -xJf benchmarks/gpu-carry/ray-2.60.0-cp312-trimmed.tar.xz
+    "$VPY" -m pip install --quiet --no-index --no-deps benchmarks/gpu-carry/wheels/*.whl
+    "$VPY" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+else
+    "$VPY" -m pip install --quiet -e ".[test]"
+fi > "$OUT/install.log" 2>&1 || { echo "gpu_check: install failed, see $OUT/install.log" >&2; tail -20 "$OUT/install.log"; exit 1; }
+
+STEPS=()
+step() {  # step NAME CAP_SECONDS COMMAND...: run it under a time cap, keep its output and status
+    local name=$1 cap=$2; shift 2
+    local t0=$(date +%s)
+    timeout --kill-after=10 "$cap" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    STEPS+=("$name $rc $(( $(date +%s) - t0 )) $cap")
+    echo "gpu_check: $name exit $rc in $(( $(date +%s) - t0 )) s (cap $cap s)"
+}
+step gpu-tests 170 "$VPY" -m pytest -m gpu -q -p no:cacheprovider --timeout 160 -o addopts=""
+step model-bf16 30 "$VPY" benchmarks/model_throughput.py --device cuda --bf16 --batch 64 --seconds 10
+step model-bf16-compile 60 "$VPY" benchmarks/model_throughput.py --device cuda --bf16 --compile --batch 64 --seconds 10
+step train 65 "$VPY" benchmarks/train_throughput.py --gpu --clips 192 --seconds 10 --workers 1 --epochs 2
+step score 65 "$VPY" benchmarks/score_throughput.py --gpu --clips 960 --seconds 10 --scales 1
+step train-input 40 "$VPY" benchmarks/train_input.py --scales 1 --clips-per-machine 200 --skip-v1 --epochs 1
+step quality 60 "$VPY" benchmarks/quality.py --gpu --suite tune --out /tmp/asd-gpu-quality --clip-seconds 5 \
+    --train-clips 64 --epochs 3 --ae-epochs 10 --batch-size 64
+
+"$VPY" - "$OUT" "$START" "${STEPS[@]}" <<'PYEOF'
+import json, platform, subprocess, sys, time
+import torch
+out, start, steps = sys.argv[1], int(sys.argv[2]), [s.split() for s in sys.argv[3:]]
+smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip()
+report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": torch.cuda.get_device_name(0),
+          "nvidia_smi": smi, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+          "seconds": int(time.time()) - start, "steps": []}
+for name, rc, seconds, cap in steps:
+    lines = open(f"{out}/{name}.log", errors="replace").read().splitlines()
+    report["steps"].append({"step": name, "exit": int(rc), "seconds": int(seconds), "cap": int(cap),
+                            "timed_out": rc in ("124", "137"), "output_tail": lines[-25:]})
+json.dump(report, open(f"{out}/gpu_check.json", "w"), indent=1)
+md = [f"# GPU check {report['date']}: {report['gpu']} ({smi}), torch {report['torch']} (CUDA {report['cuda']}), "
+      f"Python {report['python']}, {report['seconds']} s", ""]
+for s in report["steps"]:
+    md += [f"## {s['step']}: exit {s['exit']}{' (timed out)' if s['timed_out'] else ''}, {s['seconds']} s "
+           f"(cap {s['cap']} s)", "", "```", *s["output_tail"], "```", ""]
+open(f"{out}/gpu_check.md", "w").write("\n".join(md))
+print("\n".join(md))
+PYEOF
