@@ -6,6 +6,8 @@ import os
 
 import ray
 
+from asd_ray import console
+
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster this process was started in, or start a local Ray (single-node mode)."""
@@ -16,9 +18,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # grows with the data it has read; the system allocator hands it back (the local Ray's workers
     # inherit this; on a cluster the nodes' environment sets it: infra/docker/Dockerfile)
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    console.quiet_ray_loggers()  # before ray.init: its own warnings too
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, **console.ray_init_options())
     else:
         # The dashboard serves the state API, which Ray Train's placement-group cleaner needs to
         # free a finished run's worker CPUs; without it each Tune trial can leak its workers' CPUs.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, **console.ray_init_options())
+    console.quiet_ray_loggers()
+    console.show_ray_warnings_once()

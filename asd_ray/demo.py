@@ -12,7 +12,7 @@ import time
 
 from pydantic import Field, model_validator
 
-from asd_ray import storage
+from asd_ray import storage, tracking
 from asd_ray.config import JobConfig, deep_merge
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.score import ScoreConfig, run_score
@@ -72,5 +72,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"[3/4] fitting references and scoring the test set into {cfg.score.out}", flush=True)
     scored = run_score(cfg.score)
     print("[4/4] evaluating", flush=True)
-    result = run_evaluate(EvaluateConfig(scores=cfg.score.out, storage=cfg.score.storage))
+    evaluation = EvaluateConfig(scores=cfg.score.out, storage=cfg.score.storage,
+                                **cfg.score.model_dump(include={"tracking", "tracking_uri", "experiment"}))
+    result = run_evaluate(evaluation)
+    tracking.log_training(cfg.train, trained)
+    tracking.log_scoring(cfg.score, scored)
+    tracking.log_evaluation(evaluation, result)
     return {"synth": synth, "train": trained, "score": scored, "evaluation": result, "seconds": time.time() - t0}

@@ -28,11 +28,12 @@ from asd_ray import ground_truth, metrics, schema, storage  # noqa: E402
 from asd_ray.config import JobConfig  # noqa: E402
 from asd_ray.score import read_scores  # noqa: E402
 from asd_ray.storage import StorageOptions  # noqa: E402
+from asd_ray.tracking import Tracked
 
 COLUMNS = metrics.COLUMNS
 
 
-class EvaluateConfig(JobConfig):
+class EvaluateConfig(JobConfig, Tracked):
     scores: str = Field("runs/score", description="URL of a scoring output (asd-ray score's out)")
     out: str | None = Field(None, description="where tables and report go (default <scores>/evaluation)")
     ground_truth: str | None = Field(None, description="folder of the DCASE evaluator's ground truth "
@@ -155,5 +156,5 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     for name, data in files.items():
         storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
     return {"rows": rows, "per_machine": per_machine, "machine_means": means, "official_score": overall,
-            "markdown": md,
+            "markdown": md, "files": sorted(files),
             "report": storage.join(cfg.out_url, "report.md")}

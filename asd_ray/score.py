@@ -45,11 +45,12 @@ from asd_ray.references import (ClipSample, Groups, References, centroid_referen
                                 reconstruction_references, section_clips)
 from asd_ray.score_output import META, finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
+from asd_ray.tracking import Tracked
 
 __all__ = ["ScoreConfig", "run_score", "read_scores", "Embedder", "fit_references"]
 
 
-class ScoreConfig(JobConfig):
+class ScoreConfig(JobConfig, Tracked):
     bundle: str = Field("runs/train/asd-train/model", description="URL of the model bundle")
     data: str = Field("runs/demo/data", description="clip dataset: its test split is scored")
     fit_data: str | None = Field(None, description="clip dataset whose normal train split gives the references "

@@ -28,6 +28,7 @@ from asd_ray import shards, storage
 from asd_ray.config import JobConfig, deep_merge, parse_overrides, refuse_changes
 from asd_ray.labels import LabelMap
 from asd_ray.storage import StorageOptions
+from asd_ray.tracking import Tracked
 from asd_ray.train import (RESUMABLE, SETTINGS_FILE, TrainConfig, comparable, label_map, make_trainer,
                             resolved)
 from asd_ray.validate import ValidationConfig
@@ -81,7 +82,7 @@ class AshaConfig(BaseModel):
     reduction_factor: float = Field(2, gt=1)
 
 
-class SweepConfig(JobConfig):
+class SweepConfig(JobConfig, Tracked):
     name: str = Field("asd-sweep", description="sweep name; the same name and storage_path resume")
     storage_path: str = Field("runs/tune", description="URL under which the sweep and its trials live")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(validation=ValidationConfig()),
@@ -164,7 +165,8 @@ def _settings(cfg: SweepConfig) -> dict:
     """What a resumed sweep must keep: the base training config (where and how it runs aside), the
     space and the search."""
     return {**cfg.model_dump(mode="json", exclude={"name", "storage_path", "train", "max_concurrent", "trial_cpus",
-                                                   "max_failures", "storage"}),
+                                                   "max_failures", "storage", "tracking", "tracking_uri",
+                                                   "experiment"}),
             "train": cfg.train.model_dump(mode="json", exclude=RESUMABLE)}
 
 

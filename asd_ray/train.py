@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from asd_ray import bundle, dataset, storage
+from asd_ray import bundle, console, dataset, storage
 from asd_ray.augment import feature_exchange, mixup
 from asd_ray.autoencoder import AEConfig
 from asd_ray.config import JobConfig, refuse_changes
@@ -33,6 +33,7 @@ from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig, autocast
 from asd_ray.schema import PCM16_FULL_SCALE
 from asd_ray.storage import StorageOptions
+from asd_ray.tracking import Tracked
 from asd_ray.train_input import ReadSettings, ingest_options, training_dataset
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
 
@@ -43,13 +44,13 @@ SETTINGS_FILE = "settings.json"
 RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", "use_gpu", "cpus_per_worker", "epochs",
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
              "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
-             "autoencoder_epochs",
+             "autoencoder_epochs", "progress_s", "tracking", "tracking_uri", "experiment",
              "ensemble"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 
 
-class TrainConfig(JobConfig):
+class TrainConfig(JobConfig, Tracked):
     data: str = Field("runs/demo/data", description="URL of the clip dataset")
     machines: list[str] | None = Field(None, description="machine types to train on (default: all)")
     name: str = Field("asd-train", description="run name; the same name and storage_path resume")
@@ -72,6 +73,8 @@ class TrainConfig(JobConfig):
     reads_per_worker: int = Field(2, ge=1, description="read tasks of the training input at once, per worker (of "
                                   "the most workers); they reserve no CPU, so workers holding every CPU do not "
                                   "starve them")
+    progress_s: float = Field(30.0, ge=0, description="a progress line (clips done / total, time left) this often "
+                              "within an epoch; 0: the epoch lines only")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     mixup_alpha: float = Field(1.0, ge=0, description="mixup's Beta(alpha, alpha); 1: a uniform mixing weight")
@@ -159,6 +162,7 @@ def train_loop(config: dict) -> None:
     val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
            if cfg.validation and rank == 0 else None)
 
+    clips_per_epoch = None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
@@ -166,6 +170,9 @@ def train_loop(config: dict) -> None:
             group["lr"] = lr
         totals = torch.zeros(3, device=device)  # loss sum, correct, clips
         t0 = time.time()
+        # every worker reads its own part: rank 0's clips x workers; the total is known after an epoch
+        progress = console.Progress(f"epoch {epoch + 1}/{cfg.epochs}", clips_per_epoch,
+                                    cfg.progress_s if rank == 0 else 0)
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
                                               local_shuffle_buffer_size=cfg.shuffle_buffer):
             audio = batch["audio"].float() / PCM16_FULL_SCALE  # int16 until here, on the device
@@ -188,9 +195,11 @@ def train_loop(config: dict) -> None:
                 correct = ((loss_fn.class_log_probs(emb).argmax(1) == y.argmax(1)).sum() if loss_fn
                            else torch.zeros((), device=device))
             totals += torch.stack([loss.detach() * len(x), correct.float(), torch.tensor(float(len(x)), device=device)])
+            progress.update(len(x) * world)
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, correct, clips = totals.tolist()
+        clips_per_epoch = int(clips)
         metrics = {"epoch": epoch, "epochs_done": epoch + 1, "workers": world, "loss": loss_sum / max(clips, 1),
                    "accuracy": correct / max(clips, 1) if loss_fn else float("nan"),
                    "clips_per_s": clips / (time.time() - t0), "lr": lr,
@@ -281,12 +290,18 @@ def training_data(cfg: TrainConfig, labels: LabelMap, first_epoch: int = 0, meta
                             read_tasks=cfg.reads_per_worker * cfg.max_workers)
 
 
+def _input_in_controller(cfg: TrainConfig, labels: LabelMap, first_epoch: int) -> ray.data.Dataset:
+    console.input_progress_bars(on_terminal=False)  # the epoch progress lines say it
+    return training_data(cfg, labels, first_epoch)
+
+
 def run_config(cfg: TrainConfig, callbacks: list | None = None) -> ray.train.RunConfig:
     fs, path = storage.pyarrow_fs(cfg.storage_path, cfg.storage)
     return ray.train.RunConfig(
         name=cfg.name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        logging_config=console.train_logging_config(),
     )
 
 
@@ -306,7 +321,7 @@ def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = No
                                                                      **({"GPU": 1} if cfg.use_gpu else {})},
                                                elastic_resize_monitor_interval_s=cfg.resize_check_s),
         run_config=run_config(cfg, callbacks),
-        datasets={"train": lambda: training_data(cfg, labels, first_epoch)},
+        datasets={"train": lambda: _input_in_controller(cfg, labels, first_epoch)},
         dataset_config=ray.train.DataConfig(execution_options={"train": ingest_options(cfg.input_buffer_mb)}),
     )
 

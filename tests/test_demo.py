@@ -1,6 +1,9 @@
 """The README's first command, shrunk: `asd-ray demo` end to end on local folders."""
 
+import json
 import os
+
+import mlflow
 
 from asd_ray import cli
 
@@ -24,3 +27,25 @@ def test_demo_runs_every_stage_and_reports(ray_local, tmp_path, capsys):
                  "scores/anomaly_score_fan_section_00_test.csv", "scores/evaluation/report.md",
                  "scores/evaluation/roc_gearbox.png"):
         assert os.path.exists(os.path.join(work, path)), path
+
+    # every stage logged to the local MLflow store beside the outputs (no server)
+    store = f"sqlite:///{work}/mlflow/mlflow.db"
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("asd-ray")
+    runs = {(r.data.tags["asd_ray.job"], r.info.run_name): r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {("train", "demo"), ("train", "demo-autoencoder"), ("score", "scores"),
+                         ("evaluate", "scores")}, set(runs)
+    trained, companion = runs[("train", "demo")], runs[("train", "demo-autoencoder")]
+    assert companion.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert trained.data.params["epochs"] == "1" and trained.data.params["model.emb_dim"] == "16"
+    assert trained.data.tags["asd_ray.bundle"] == os.path.join(work, "runs", "demo", "model")
+    losses = client.get_metric_history(trained.info.run_id, "loss")
+    assert [m.step for m in losses] == [0] and losses[0].value > 0
+    evaluated = runs[("evaluate", "scores")].data.metrics
+    summary = json.load(open(os.path.join(work, "runs", "demo", "model", "bundle.json")))["training"]
+    assert summary["history"][0]["loss"] == losses[0].value
+    assert 0 <= evaluated["official_score"] <= 1 and "fan.00.auc_source" in evaluated and "gearbox.score" in evaluated
+    assert f"{100 * evaluated['official_score']:.2f}" in out  # the score it printed
+    artifacts = {a.path for a in client.list_artifacts(runs[("evaluate", "scores")].info.run_id)}
+    assert {"report.md", "results.csv", "roc_fan.png"} <= artifacts
+    assert runs[("score", "scores")].data.metrics["scored"] == 2 * 2 * (4 + 4)

@@ -75,7 +75,7 @@ def test_s3_outage_mid_job_is_a_clear_error_and_a_rerun_completes(own_s3_server,
     assert csv_text.splitlines()[1].startswith("fan,00,")
 
 
-def test_credentials_never_in_logs_or_saved_outputs(own_s3_server, monkeypatch, capsys):
+def test_credentials_never_in_logs_or_saved_outputs(own_s3_server, monkeypatch, capsys, tmp_path):
     endpoint, _, _ = own_s3_server
     key_id, secret = "AKIATESTNEVERLOGGED1", "sekrit/never-logged-8f2c1d"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
@@ -84,14 +84,18 @@ def test_credentials_never_in_logs_or_saved_outputs(own_s3_server, monkeypatch, 
     options = StorageOptions(endpoint_url=endpoint)
     _write_scoring_output("s3://asd-secrets/scores", options)
 
-    assert cli.main(["evaluate", "--scores", "s3://asd-secrets/scores", f"storage.endpoint_url={endpoint}"]) == 0
+    store = f"sqlite:///{tmp_path}/mlflow.db"  # the run's parameters and artifacts too
+    assert cli.main(["evaluate", "--scores", "s3://asd-secrets/scores", f"storage.endpoint_url={endpoint}",
+                     f"tracking_uri={store}"]) == 0
     assert cli.main(["train", "--print-config", f"storage.endpoint_url={endpoint}"]) == 0
     assert cli.main(["tune", "--print-config"]) == 0
     out = capsys.readouterr()
     fs, _ = storage.fsspec_fs("s3://asd-secrets", options)
     saved = b"".join(fs.cat_file(p) for p in fs.find("asd-secrets"))
     assert b"report.md" not in saved and len(fs.find("asd-secrets")) > 5  # the job wrote its outputs
-    for text in (out.out, out.err, saved.decode("latin-1")):
+    tracked = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"official_score" in tracked and b"asd-secrets" in tracked  # the evaluation was logged
+    for text in (out.out, out.err, saved.decode("latin-1"), tracked.decode("latin-1")):
         assert secret not in text and key_id not in text
 
 

@@ -300,6 +300,11 @@ def test_jobs_submitted_to_a_cluster_run_end_to_end_on_s3(cluster, submitted):
     assert fs.exists(f"{scores}/evaluation/report.md")
     logs = job(nodes.address, env, "logs", "e2e-evaluate")
     assert "official score" in logs
+    # quiet by default: the job's own lines, not Ray's INFO lines (reports, operator tables, plans)
+    train_logs = submitted["train_logs"]
+    assert len(EPOCH_LINE.findall(train_logs)) >= 4, train_logs[-3000:]
+    for noise in ("Reporting training result", "Execution plan", "ListFiles:", "Checkpoint successfully created"):
+        assert noise not in train_logs, noise
 
 
 def test_a_job_with_a_bad_config_fails_with_its_error_in_the_logs(cluster):

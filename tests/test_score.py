@@ -232,7 +232,7 @@ def test_knn_references_end_to_end(trained):
 
 def test_clips_without_references_are_reported_not_scored(trained, capsys):
     code = cli.main(["score", f"bundle={trained}", f"data={B}/data", f"fit_data={B}/fan-only", f"out={B}/out-u",
-                     f"references_to={B}/out-u/refs.npz"])
+                     f"references_to={B}/out-u/refs.npz", "tracking=false"])
     assert code == 1
     assert "not scored: compressor/test/" in capsys.readouterr().out
     table = read_scores(f"{B}/out-u")
@@ -288,7 +288,7 @@ def test_evaluation_layout_scores_without_labels_and_evaluates_with_ground_truth
 
     with pytest.raises(ValueError, match="needs labels: give ground_truth="):
         run_evaluate(EvaluateConfig(scores=cfg.out))
-    assert cli.main(["evaluate", "--scores", cfg.out, f"ground_truth={B}/gt"]) == 0
+    assert cli.main(["evaluate", "--scores", cfg.out, f"ground_truth={B}/gt", "tracking=false"]) == 0
     result = run_evaluate(EvaluateConfig(scores=cfg.out, ground_truth=f"{B}/gt"))
     truth = dict(line.split(",") for line in gt["ground_truth_data"])
     names = [c.rsplit("/", 1)[-1] + ".wav" for c in table["clip_id"].to_pylist()]

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from ray.tune import Callback
 
+import mlflow
+
+from asd_ray import tracking
 from asd_ray.config import ConfigError, load_config
 from asd_ray.sweep import SweepConfig, run_sweep
 from asd_ray.train import TrainConfig, train
@@ -31,18 +34,19 @@ def _sweep(data: str, storage_path: str, name: str, **kw) -> SweepConfig:
     train_cfg = dict(data=data, num_workers=1, cpus_per_worker=0.5, epochs=3, batch_size=8, clip_seconds=1.0,
                      n_subclusters=2, storage_path=os.path.join(storage_path, "train-runs"), model=TINY_MODEL,
                      validation={"ref_clips": 4, "test_clips": 8}, autoencoder_epochs=0)
-    fields = dict(name=name, storage_path=storage_path, train=train_cfg, num_samples=4, max_concurrent=1,
+    fields = dict(name=name, storage_path=storage_path, train=train_cfg, num_samples=3, max_concurrent=1,
                   space={"lr": {"loguniform": [1e-4, 1e-2]}, "mixup_alpha": {"choice": [0.0, 0.2]}},
                   asha={"grace_period": 1, "reduction_factor": 2}, seed=1)
     fields.update(kw)
     return SweepConfig.model_validate(fields)
 
 
-def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, tmp_path):
-    result = run_sweep(_sweep(sweep_data, str(tmp_path / "tune"), "asha"))
+def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, tmp_path, mlflow_server):
+    cfg = _sweep(sweep_data, str(tmp_path / "tune"), "asha", tracking_uri=mlflow_server, experiment="sweeps")
+    result = tracking.tracked_sweep(cfg, run_sweep)  # as `asd-ray tune` runs it: logged to the MLflow server
     table = result["trials"]
     assert result["metric"] == "official_score" and result["mode"] == "max"  # labelled test clips exist
-    assert len(table) == 4 and result["errors"] == 0
+    assert len(table) == 3 and result["errors"] == 0
     # which trials ASHA cuts depends on noisy scores of tiny models (and so on the CPU); what must hold
     # on every machine is that the cuts are ASHA's rule applied to the objective the trials reported
     expected = _asha_epochs([_history(os.path.join(str(tmp_path / "tune" / "asha"), t)) for t in table["trial"]],
@@ -60,6 +64,21 @@ def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, 
     assert best.mixup_alpha == result["best_params"]["mixup_alpha"]
     trained = train(best)
     assert os.path.exists(os.path.join(trained["bundle"], "bundle.json"))
+
+    # on the server: the sweep's run, and under it one run per trial with its parameters and epochs
+    client = mlflow.MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["asd_ray.job"] == "tune"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 3 and len(runs) == 4
+    assert parent.data.metrics["best_official_score"] == pytest.approx(result["best"])
+    assert parent.data.params["num_samples"] == "3"
+    assert {"results.csv", "best_config.yaml", "objective.png"} <= {a.path for a in client.list_artifacts(
+        parent.info.run_id)}
+    for lr, epochs in zip(table["lr"], table["epochs"]):
+        (run,) = [r for r in trials if float(r.data.params["params/lr"]) == pytest.approx(lr)]
+        history = client.get_metric_history(run.info.run_id, "official_score")
+        assert len(history) == epochs  # every epoch the trial reported, as Tune reported it
 
 
 def _history(trial_dir: str) -> list[float]:
@@ -110,11 +129,11 @@ def _result_lines(trial_dir: str) -> int:
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_data, tmp_path):
-    cfg = _sweep(sweep_data, str(tmp_path / "tune"), "resume", num_samples=3, asha=None, objective="loss")
+    cfg = _sweep(sweep_data, str(tmp_path / "tune"), "resume", num_samples=2, asha=None, objective="loss")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
     first = run_sweep(cfg, callbacks=[_InterruptAfterFirstTrial(str(tmp_path / "interrupted"))])
     done = {t: n for t, n in zip(first["trials"]["trial"], first["trials"]["epochs"]) if n == 2}
-    assert 1 <= len(done) < 3, first["trials"]  # interrupted part way
+    assert len(done) == 1, first["trials"]  # interrupted part way
     lines = {t: _result_lines(os.path.join(cfg.experiment_url, t)) for t in done}
 
     # resumed with another base config or space: refused before any trial goes on, every change named
@@ -124,7 +143,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_data,
                                          r"0\.2\] -> None; .*train\.batch_size: 8 -> 4\)"):
         run_sweep(changed)
     second = run_sweep(cfg)
-    assert len(second["trials"]) == 3 and (second["trials"]["epochs"] == 2).all(), second["trials"]
+    assert len(second["trials"]) == 2 and (second["trials"]["epochs"] == 2).all(), second["trials"]
     for trial, n in lines.items():  # finished trials were not run again
         assert _result_lines(os.path.join(cfg.experiment_url, trial)) == n, trial
     assert second["metric"] == "loss"
