@@ -95,9 +95,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     result = run_evaluate(cfg)
     tracking.log_evaluation(cfg, result)
-    print(result["markdown"])
-    print(f"official score {100 * result['official_score']:.2f}; report at {result['report']}")
-    return 0
+    if result["labelled"]:
+        print(result["markdown"])
+        print(f"official score {100 * result['official_score']:.2f}; report at {result['report']} "
+              f"(look and listen: {result['report_html']})")
+    else:
+        print(f"no labels in {cfg.scores}: no metrics (give ground_truth=<folder> for an evaluation set); "
+              f"score distributions and the highest-scoring clips at {result['report_html']}")
+    return DONE
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -186,3 +186,29 @@ def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section
                columns=["clip_id", "machine", "section", "domain", "attributes", "sample_rate"], paths=True)
     keys = ds.map_batches(_keys, fn_kwargs={"sample_rate": sample_rate}, batch_format="pyarrow").unique("key")
     return sorted((m, s, d or None, a) for m, s, d, a in (k.split("\t") for k in keys))
+
+
+def read_some_clips(url: str, split: str, machine: str, clip_ids: Iterable[str],
+                    options: StorageOptions | None = None) -> dict[str, tuple[np.ndarray, int]]:
+    """A few clips' int16 audio and sample rate, by clip id (for a report): each shard's clip ids
+    are read, then only the row groups that hold a wanted clip."""
+    wanted = set(clip_ids)
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    fs, _ = storage.pyarrow_fs(url, options)
+    for shard_url in shards.list_shards(url, split, machine, options):
+        if len(out) == len(wanted):
+            break
+        with fs.open_input_file(storage.strip_protocol(shard_url)) as f:
+            pf = pq.ParquetFile(f)
+            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+            ids = pf.read(columns=["clip_id"]).column(0).to_pylist()
+            rows = [i for i, c in enumerate(ids) if c in wanted]
+            groups = sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows})
+            if not groups:
+                continue
+            part = pf.read_row_groups(groups, columns=["clip_id", "audio", "num_samples", "sample_rate"])
+        for clip, raw, rate in zip(part["clip_id"].to_pylist(), part["audio"].to_pylist(),
+                                   part["sample_rate"].to_pylist()):
+            if clip in wanted:
+                out[clip] = (np.frombuffer(raw, "<i2").copy(), int(rate))
+    return out

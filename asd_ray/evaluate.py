@@ -3,7 +3,9 @@
 Writes under ``out`` (default ``<scores>/evaluation``): ``results.csv`` and ``results.md`` (AUC
 source, AUC target, pAUC per machine and section; per machine type the evaluator's arithmetic and
 harmonic means and asd_ray's harmonic mean of all three; the official score) and ``report.md``
-with ROC curves and score histograms per machine type as PNG images.
+with ROC curves and score histograms per machine type as PNG images; and ``report.html``, one
+self-contained page per machine and section to look at and listen to (:mod:`asd_ray.report_html`).
+A set without labels gets ``report.html`` alone (score distributions, highest-scoring clips).
 
 Evaluation needs each clip's domain and label. A scored evaluation set (``section_XX_NNNN.wav``:
 neither is known) is evaluated with the official evaluator's ground-truth files
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import matplotlib
 
@@ -24,11 +27,11 @@ import pyarrow as pa  # noqa: E402
 from pydantic import Field  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from asd_ray import ground_truth, metrics, schema, storage  # noqa: E402
+from asd_ray import dataset, ground_truth, metrics, report_html, schema, storage  # noqa: E402
 from asd_ray.config import JobConfig  # noqa: E402
 from asd_ray.score import read_scores  # noqa: E402
 from asd_ray.storage import StorageOptions  # noqa: E402
-from asd_ray.tracking import Tracked
+from asd_ray.tracking import Tracked  # noqa: E402
 
 COLUMNS = metrics.COLUMNS
 
@@ -130,6 +133,25 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     table = read_scores(cfg.scores, cfg.storage)
     if cfg.ground_truth:
         table = ground_truth.apply(table, cfg.ground_truth, cfg.storage)
+    labelled = table.num_rows > 0 and table["label"].null_count == 0 and table["domain"].null_count == 0
+    files: dict[str, bytes] = {}
+    result: dict = {"rows": None, "per_machine": {}, "machine_means": {}, "official_score": None, "markdown": ""}
+    if labelled:
+        result = metrics_files(table, cfg, files)
+    html_page = report_page(table, result["rows"], cfg)
+    # the reports go last and old ones are removed first: an evaluation folder with a report is complete
+    for name in ("report.md", "report.html"):
+        storage.remove(storage.join(cfg.out_url, name), cfg.storage)
+    files["report.html"] = html_page.encode()
+    for name, data in files.items():
+        storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
+    return {**result, "labelled": labelled, "files": sorted(files),
+            "report": storage.join(cfg.out_url, "report.md" if labelled else "report.html"),
+            "report_html": storage.join(cfg.out_url, "report.html")}
+
+
+def metrics_files(table: pa.Table, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict:
+    """The metrics of a labelled set: results.csv, results.md, report.md and its images into ``files``."""
     rows, per_machine, overall = evaluate_table(table)
     md = markdown_table(rows, per_machine, overall)
     buf = io.StringIO()
@@ -143,18 +165,31 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             writer.writerow([m, name, *(f"{means[m][f'{kind}_{c}']:.6f}" for c in COLUMNS), ""])
         writer.writerow([m, "all", "", "", "", f"{per_machine[m]:.6f}"])
     writer.writerow(["all", "official score", "", "", "", f"{overall:.6f}"])
-    images = plots(table)
     report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({table.num_rows} clips). Metrics as the "
               "official DCASE evaluator computes them (AUC per domain with all anomalies; pAUC at FPR <= 0.1; "
-              "official score = harmonic mean).", "", md]
+              "official score = harmonic mean). Look and listen: `report.html`.", "", md]
     for m in sorted(per_machine):
         report += [f"## {m}", "", f"![ROC {m}](roc_{m}.png) ![scores {m}](hist_{m}.png)", ""]
-    # report.md goes last and an old one is removed first: an evaluation folder with a report is complete
-    storage.remove(storage.join(cfg.out_url, "report.md"), cfg.storage)
-    files = {**images, "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
-             "report.md": "\n".join(report).encode()}
-    for name, data in files.items():
-        storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
+    files.update({**plots(table), "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
+                  "report.md": "\n".join(report).encode()})
     return {"rows": rows, "per_machine": per_machine, "machine_means": means, "official_score": overall,
-            "markdown": md, "files": sorted(files),
-            "report": storage.join(cfg.out_url, "report.md")}
+            "markdown": md}
+
+
+def report_page(table: pa.Table, rows: list[dict] | None, cfg: EvaluateConfig) -> str:
+    """report.html, with the shown clips' audio read from the scored dataset (named in the manifest)."""
+    d = {k: np.array(v, dtype=object if k != "score" else float) for k, v in table.to_pydict().items()}
+    d["decision"] = np.array(table["decision"].to_pylist(), dtype=float)
+    manifest = json.loads(storage.read_bytes(storage.join(cfg.scores, "manifest.json"), cfg.storage))
+    data = manifest.get("config", {}).get("data")
+    clips: dict = {}
+    for machine, ids in report_html.clips_to_show(d, rows is not None).items():
+        schema.check_name("machine", machine, "scores")
+        if data:
+            clips.update(dataset.read_some_clips(data, "test", machine, ids, cfg.storage))
+    title = "Anomaly detection report" if rows is not None else "Anomaly scores (unlabelled set)"
+    summary = (f"Scores: {cfg.scores} ({table.num_rows} clips) of {data}. "
+               + (f"Official score {100 * metrics.official_score(rows):.2f}." if rows is not None else
+                  "No labels: score distributions and the highest-scoring clips; metrics need a labelled set "
+                  "or ground_truth=<folder>."))
+    return report_html.render(d, rows, clips, title, summary)

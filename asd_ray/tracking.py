@@ -168,7 +168,7 @@ def log_evaluation(cfg, result: dict) -> None:
             return
         values = {"official_score": result["official_score"]}
         values.update({f"{m}.score": v for m, v in result["per_machine"].items()})
-        for r in result["rows"]:
+        for r in result["rows"] or []:
             values.update({f"{r['machine']}.{r['section']}.{k}": r[k] for k in ("auc_source", "auc_target", "pauc")
                            if k in r})
         run.metrics(values)

@@ -6,6 +6,7 @@ import os
 import mlflow
 
 from asd_ray import cli
+from browser import open_in_chromium
 
 
 def test_demo_runs_every_stage_and_reports(ray_local, tmp_path, capsys):
@@ -49,3 +50,12 @@ def test_demo_runs_every_stage_and_reports(ray_local, tmp_path, capsys):
     artifacts = {a.path for a in client.list_artifacts(runs[("evaluate", "scores")].info.run_id)}
     assert {"report.md", "results.csv", "roc_fan.png"} <= artifacts
     assert runs[("score", "scores")].data.metrics["scored"] == 2 * 2 * (4 + 4)
+
+    # the HTML report in a real browser: no console errors, every image decoded, every clip playable
+    page = os.path.join(work, "scores", "evaluation", "report.html")
+    seen = open_in_chromium(page, os.environ.get("ASD_REPORT_SCREENSHOT") or str(tmp_path / "report.png"))
+    assert seen["errors"] == [] and seen["title"] == "Anomaly detection report"
+    assert len(seen["images"]) >= 2 * (2 + 5) and all(width > 0 for width in seen["images"]), seen["images"]
+    # per machine: the top 3 clips and 2 normal clips near the threshold
+    assert len(seen["audio"]) == 2 * 5 and all(a["played"] is True and a["duration"] > 0.9 for a in seen["audio"])
+    assert "report.html" in {a.path for a in client.list_artifacts(runs[("evaluate", "scores")].info.run_id)}

@@ -286,8 +286,14 @@ def test_evaluation_layout_scores_without_labels_and_evaluates_with_ground_truth
                                        .decode())))
     assert sorted(r[0] for r in rows) == [f"section_00_{i:04d}.wav" for i in range(12)]
 
-    with pytest.raises(ValueError, match="needs labels: give ground_truth="):
-        run_evaluate(EvaluateConfig(scores=cfg.out))
+    # without labels: no metrics, a page of score distributions and the highest-scoring clips to hear
+    unlabelled = run_evaluate(EvaluateConfig(scores=cfg.out))
+    assert unlabelled["official_score"] is None and not unlabelled["labelled"]
+    assert unlabelled["files"] == ["report.html"] and not storage.exists(f"{cfg.out}/evaluation/report.md")
+    page = storage.read_bytes(unlabelled["report_html"]).decode()
+    top = table["clip_id"][int(np.argmax(table["score"].to_numpy()))].as_py()
+    assert "AUC (source)" not in page and "unlabelled" in page and top in page
+    assert page.count("<audio") == 3 and page.count("data:audio/flac;base64,") == 3  # the top 3, playable inline
     assert cli.main(["evaluate", "--scores", cfg.out, f"ground_truth={B}/gt", "tracking=false"]) == 0
     result = run_evaluate(EvaluateConfig(scores=cfg.out, ground_truth=f"{B}/gt"))
     truth = dict(line.split(",") for line in gt["ground_truth_data"])
