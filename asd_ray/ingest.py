@@ -1,8 +1,7 @@
-"""``asd-ray ingest``: DCASE folders of WAV files -> clip shards.
+"""``asd-ray ingest``: folders of WAV files -> clip shards.
 
-Reads the DCASE 2023-2025 dev/eval layout ``<machine>/{train,test}/<name>.wav`` with names
-``section_XX_{source|target}_{train|test}_{normal|anomaly}_NNNN[_<attr>_<value>...].wav``
-(``noAttribute`` for none) and unlabelled eval test files ``section_XX_NNNN.wav``.
+Reads every published DCASE layout (2020-2025, dev and eval), MIMII, MIMII DUE and ToyADMOS2 as
+:mod:`asd_ray.layouts` describes them, each file's metadata from its path.
 Files are read in parallel Ray tasks, one task per output shard. A bad file (unreadable, empty,
 wrong sample rate, multi-channel, unparseable name) goes to ``<dest>/_rejects.csv`` with the
 reason; the good ones are written. Shard names are stable and shards of earlier runs that this run
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +21,10 @@ import ray
 import soundfile as sf
 from pydantic import Field
 
-from asd_ray import schema, shards, storage
+from asd_ray import console, schema, shards, storage
 from asd_ray.config import JobConfig
+from asd_ray.layouts import LAYOUTS, BadName, Clip, assign_splits, identify
 from asd_ray.storage import StorageOptions
-
-LABELLED = re.compile(r"^section_(\d{2})_(source|target)_(train|test)_(normal|anomaly)_(\d+)(?:_(.+))?$")
-UNLABELLED = re.compile(r"^section_(\d{2})_(\d+)$")
-
 
 class IngestConfig(JobConfig):
     src: str = Field(description="URL of a DCASE folder: <src>/<machine>/{train,test}/*.wav")
@@ -50,39 +45,39 @@ class BadClip(ValueError):
 @dataclass(frozen=True)
 class WavFile:
     url: str
-    machine: str
-    split: str
-    stem: str
+    clip: Clip
     size: int
+
+    @property
+    def machine(self) -> str:
+        return self.clip.machine
+
+    @property
+    def split(self) -> str:
+        return self.clip.split
 
 
 def parse_name(machine: str, split: str, stem: str) -> dict:
-    """Clip metadata from a DCASE file name; raises BadClip saying what was expected."""
-    m = LABELLED.match(stem)
-    if m:
-        section, domain, name_split, label, _, rest = m.groups()
-        if name_split != split:
-            raise BadClip(f"name says split '{name_split}' but the file is in the '{split}' folder")
-        attributes = {}
-        if rest and rest != "noAttribute":
-            tokens = rest.split("_")
-            if len(tokens) % 2:
-                raise BadClip(f"attributes '{rest}' are not <name>_<value> pairs")
-            attributes = dict(zip(tokens[::2], tokens[1::2]))
-        return {"section": section, "domain": domain, "label": label, "attributes": attributes}
-    m = UNLABELLED.match(stem)
-    if m and split == "test":
-        return {"section": m.group(1), "domain": None, "label": None, "attributes": {}}
-    raise BadClip("unparseable name: expected section_XX_{source|target}_{train|test}_{normal|anomaly}_NNNN"
-                  "[_<attr>_<value>...] (or section_XX_NNNN for unlabelled test clips)")
+    """Clip metadata from a DCASE file name in a ``train`` or ``test`` folder; raises BadClip
+    saying what was expected."""
+    try:
+        clip = identify([machine, split, stem])
+    except BadName as e:
+        raise BadClip(str(e)) from None
+    return {"section": clip.section, "domain": clip.domain, "label": clip.label, "attributes": clip.attributes}
 
 
-def read_wav(data: bytes, expected_rate: int) -> np.ndarray:
-    """Decode WAV bytes to int16 samples, rejecting what the clip format cannot hold."""
+def read_wav(data: bytes, expected_rate: int, channel: int | None = None) -> np.ndarray:
+    """Decode WAV bytes to int16 samples, rejecting what the clip format cannot hold; of a
+    multi-channel file ``channel`` is kept (where the layout names one), else it is refused."""
     try:
         audio, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except Exception as e:  # soundfile raises several types for broken files
         raise BadClip(f"unreadable audio: {e}") from None
+    if channel is not None and audio.shape[1] > 1:
+        if channel >= audio.shape[1]:
+            raise BadClip(f"{audio.shape[1]} channels, expected at least {channel + 1}")
+        audio = audio[:, channel:channel + 1]
     if audio.shape[1] != 1:
         raise BadClip(f"{audio.shape[1]} channels, expected mono")
     if rate != expected_rate:
@@ -93,23 +88,32 @@ def read_wav(data: bytes, expected_rate: int) -> np.ndarray:
 
 
 def discover(cfg: IngestConfig) -> tuple[list[WavFile], list[tuple[str, str]]]:
+    """Every WAV file under ``src`` with what its path says (:mod:`asd_ray.layouts`); files that no
+    layout explains are rejects. A folder of which no file fits any layout is an error."""
     fs, root = storage.fsspec_fs(cfg.src, cfg.storage)
     if not fs.isdir(root):
         raise FileNotFoundError(f"ingest source {cfg.src} is not a folder")
-    files, rejects = [], []
+    files, rejects, wavs = [], [], 0
     for path, info in sorted(fs.find(root, detail=True).items()):
         if not path.lower().endswith(".wav"):
             continue
+        wavs += 1
         url = storage.full_url(cfg.src, path)
-        parts = path[len(root):].strip("/").split("/")
-        if len(parts) < 3 or parts[-2] not in schema.SPLITS:
-            rejects.append((url, "not in a <machine>/train or <machine>/test folder"))
+        parts = path[len(root):].strip("/").rsplit(".", 1)[0].split("/")
+        try:
+            clip = identify(parts)
+        except BadName as e:
+            rejects.append((url, str(e)))
             continue
-        problem = schema.name_problem("machine", parts[-3])
+        problem = schema.name_problem("machine", clip.machine)
         if problem:
-            rejects.append((url, f"machine folder '{parts[-3]}': {problem.split(': ', 1)[1]}"))
+            rejects.append((url, f"machine folder '{clip.machine}': {problem.split(': ', 1)[1]}"))
             continue
-        files.append(WavFile(url, parts[-3], parts[-2], parts[-1].rsplit(".", 1)[0], int(info.get("size") or 0)))
+        files.append(WavFile(url, clip, int(info.get("size") or 0)))
+    if wavs and not files:
+        raise ValueError(f"{cfg.src}: none of its {wavs} WAV files is in a layout understood here ("
+                         + "; ".join(f"{name}: {text}" for name, text in LAYOUTS.items()) + f"); e.g. {rejects[0][0]}")
+    assign_splits([f.clip for f in files])
     return files, rejects
 
 
@@ -118,14 +122,15 @@ def ingest_chunk(cfg: IngestConfig, url: str, files: list[WavFile]) -> tuple[str
     fs, _ = storage.fsspec_fs(cfg.src, cfg.storage)
     rows, rejects = [], []
     for f in files:
+        c = f.clip
         try:
-            meta = parse_name(f.machine, f.split, f.stem)
-            samples = read_wav(fs.cat_file(storage.strip_protocol(f.url)), cfg.sample_rate)
+            samples = read_wav(fs.cat_file(storage.strip_protocol(f.url)), cfg.sample_rate, c.channel)
         except (BadClip, OSError) as e:
             rejects.append((f.url, str(e)))
             continue
-        rows.append({**meta, "clip_id": schema.clip_id(f.machine, f.split, f.stem), "machine": f.machine,
-                     "split": f.split, "sample_rate": cfg.sample_rate, "num_samples": len(samples),
+        rows.append({"section": c.section, "domain": c.domain, "label": c.label, "attributes": c.attributes,
+                     "clip_id": schema.clip_id(c.machine, c.split, c.stem), "machine": c.machine,
+                     "split": c.split, "sample_rate": cfg.sample_rate, "num_samples": len(samples),
                      "audio": samples.astype("<i2").tobytes()})
     if not rows:
         return None, 0, rejects
@@ -153,16 +158,14 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
     task = ray.remote(num_cpus=1)(ingest_chunk)
     pending = [task.remote(cfg, url, chunk) for url, chunk in jobs]
     written, clips = set(), 0
+    meter = console.Progress("ingest", len(jobs), every_s=10 if progress else 0, unit="shards")
     while pending:
         done, pending = ray.wait(pending)
         for shard, n, bad in ray.get(done):
             written |= {shard} if shard else set()
             clips += n
             rejects += bad
-        if progress:
-            print(f"\ringest: {len(jobs) - len(pending)}/{len(jobs)} shards", end="", flush=True)
-    if progress and jobs:
-        print()
+        meter.update(len(done))
     # the new shards become the live set at once; the ones they replace go only then
     shards.publish(cfg.dest, written, {(f.split, f.machine) for f in files}, cfg.storage)
     buf = io.StringIO()

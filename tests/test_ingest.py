@@ -3,6 +3,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import soundfile as sf
 
 from asd_ray import cli, shards, storage
@@ -38,7 +39,7 @@ BAD = {
     "fan/train/section_00_source_train_normal_0006_a_1.wav": ("sample rate 8000 Hz, expected 16000",
                                                               _wav(_tone(), 8000)),
     "fan/train/section_00_source_train_normal_0007_a_1.wav": ("2 channels, expected mono", _wav(_tone(channels=2))),
-    "loose/section_00_source_train_normal_0000.wav": ("<machine>/train", _wav(_tone())),
+    "loose/section_00_source_train_normal_0000.wav": ("not in a layout understood here", _wav(_tone())),
     # machine names become file names: "_" would break the evaluator's parsing of them
     "fan_2/train/section_00_source_train_normal_0000.wav": ("machine folder 'fan_2': expected letters, digits",
                                                             _wav(_tone())),
@@ -127,3 +128,70 @@ def test_synth_wav_layout_ingests_to_the_same_audio(ray_local, tmp_path, tiny_sy
         return {r["clip_id"]: (r["audio"], r["label"], r["domain"], dict(r["attributes"])) for r in t.to_pylist()}
 
     assert table(ingested) == table(pq_root)
+
+
+# one small dataset per published layout, as its files are named and foldered
+LAYOUT_FILES = {
+    "dcase2020": {  # id_XX is the section; one domain
+        "ToyCar/train/normal_id_01_00000000.wav": ("train", "01", "source", "normal"),
+        "ToyCar/train/normal_id_01_00000001.wav": ("train", "01", "source", "normal"),
+        "ToyCar/test/anomaly_id_01_00000000.wav": ("test", "01", "source", "anomaly"),
+        "ToyCar/test/id_05_00000003.wav": ("test", "05", "source", None),  # eval
+    },
+    "dcase2021": {  # MIMII DUE / ToyADMOS2: test clips in source_test/ and target_test/
+        "gearbox/train/section_00_target_train_normal_0000_volt_1.3.wav": ("train", "00", "target", "normal"),
+        "gearbox/source_test/section_00_source_test_anomaly_0001.wav": ("test", "00", "source", "anomaly"),
+        "gearbox/target_test/section_02_target_test_normal_0002.wav": ("test", "02", "target", "normal"),
+        "gearbox/target_test/section_03_target_test_0004.wav": ("test", "03", "target", None),  # eval
+    },
+    "dcase2022": {  # DCASE 2022-2025
+        "bearing/train/section_00_source_train_normal_0000_vel_8.wav": ("train", "00", "source", "normal"),
+        "bearing/test/section_00_target_test_anomaly_0000_vel_16.wav": ("test", "00", "target", "anomaly"),
+        "bearing/test/section_00_0001.wav": ("test", "00", None, None),  # eval
+    },
+}
+MIMII = {f"-6_dB_pump/pump/id_02/{kind}/{i:08d}.wav": kind for kind, n in (("normal", 5), ("abnormal", 2))
+         for i in range(n)}
+
+
+def test_every_published_layout_ingests(ray_local, tmp_path):
+    src, dest = tmp_path / "mixed", str(tmp_path / "clips")
+    for files in LAYOUT_FILES.values():
+        for rel in files:
+            storage.write_bytes_atomic(str(src / rel), _wav(_tone()))
+    eight = _tone(channels=8)
+    eight[:, 0] = eight[:, 0] // 2  # channel 0 differs from the others: the one kept
+    for rel in MIMII:
+        storage.write_bytes_atomic(str(src / rel), _wav(eight))
+    storage.write_bytes_atomic(str(src / "notes/session.wav"), _wav(_tone()))
+
+    summary = ingest(IngestConfig(src=str(src), dest=dest), progress=False)
+    assert summary["clips"] == sum(map(len, LAYOUT_FILES.values())) + len(MIMII)
+    (reject,) = summary["rejects"]
+    assert reject[0].endswith("notes/session.wav") and all(name in reject[1] for name in ("dcase2020", "mimii"))
+    rows = [r for u in shards.list_shards(dest) for r in shards.read_shard(u).to_pylist()]
+    seen = {(r["machine"], r["split"], r["section"], r["domain"], r["label"]) for r in rows}
+    for files in LAYOUT_FILES.values():
+        for rel, (split, section, domain, label) in files.items():
+            assert (rel.split("/")[0], split, section, domain, label) in seen, rel
+    gearbox = next(r for r in rows if r["clip_id"] == "gearbox/train/section_00_target_train_normal_0000_volt_1.3")
+    assert dict(gearbox["attributes"]) == {"volt": "1.3"}
+
+    # MIMII: 8 channels, channel 0 kept; every abnormal clip and as many normal ones in test
+    pump = [r for r in rows if r["machine"] == "pump"]
+    assert all(r["audio"] == eight[:, 0].astype("<i2").tobytes() for r in pump)
+    test = [r for r in pump if r["split"] == "test"]
+    assert sorted(r["label"] for r in test) == ["anomaly"] * 2 + ["normal"] * 2
+    assert sum(r["split"] == "train" and r["label"] == "normal" for r in pump) == 3
+    assert all(dict(r["attributes"]) == {"snr": "-6dB"} and r["section"] == "02" for r in pump)
+    again = ingest(IngestConfig(src=str(src), dest=str(tmp_path / "again")), progress=False)
+    rows_again = [r for u in shards.list_shards(again["dest"]) for r in shards.read_shard(u).to_pylist()]
+    assert {r["clip_id"] for r in rows_again} == {r["clip_id"] for r in rows}  # the same split on a re-run
+
+
+def test_a_folder_in_no_known_layout_is_an_error_naming_the_layouts(tmp_path):
+    for name in ("a.wav", "b/c.wav"):
+        storage.write_bytes_atomic(str(tmp_path / "odd" / name), _wav(_tone()))
+    with pytest.raises(ValueError, match=r"none of its 2 WAV files is in a layout understood here \(dcase2022: .*"
+                                         r"dcase2021: .*dcase2020: .*mimii: "):
+        ingest(IngestConfig(src=str(tmp_path / "odd"), dest=str(tmp_path / "out")), progress=False)
