@@ -30,7 +30,10 @@ rm -rf "$OUT" && mkdir -p "$OUT/wheels"
 work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 # the package's own dependencies (the package itself is installed from the working tree, without
 # them) and what the gpu tests use; not the S3 server of the other tests (moto, boto3: 25 MB)
-deps=$("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+# MLflow (and its server's deps, ~60 MB) is left out: it is imported only where a CLI job logs, and
+# the GPU check runs library functions
+deps=$("$PY" -c 'import tomllib; print("\n".join(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]
+                                                 ["dependencies"] if not d.startswith("mlflow")))')
 "$PY" -m pip install --quiet --dry-run --ignore-installed "${PLATFORM[@]}" --target "$work/t" \
     --report "$work/report.json" $deps pytest-timeout psutil
 "$PY" - "$work/report.json" "$IMAGE $SKIP" > "$work/needed.txt" <<'PYEOF'
@@ -45,7 +48,16 @@ for item in json.load(open(sys.argv[1]))["install"]:
 PYEOF
 "$PY" -m pip download --quiet --no-deps "${PLATFORM[@]}" -d "$OUT/wheels" -r "$work/needed.txt"
 "$PY" -m pip download --quiet --no-deps "${PLATFORM[@]}" -d "$work" "ray==2.60.0"
-mkdir -p "$work/ray" && "$PY" -m zipfile -e "$work"/ray-2.60.0-*.whl "$work/ray"
+mkdir -p "$work/ray" && "$PY" - "$work"/ray-2.60.0-*.whl "$work/ray" <<'PYEOF'
+import os, sys, zipfile
+# with each file's mode: Ray's gcs_server and raylet must stay executable (zipfile -e drops the modes)
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    for info in wheel.infolist():
+        path = wheel.extract(info, sys.argv[2])
+        mode = info.external_attr >> 16
+        if mode and not info.is_dir():
+            os.chmod(path, mode & 0o777)
+PYEOF
 rm -rf "$work/ray/ray/jars" "$work/ray/ray/rllib" "$work/ray/ray/serve" "$work/ray/ray/llm"
 tar -C "$work/ray" -cJf "$OUT/ray-2.60.0-cp312-trimmed.tar.xz" .
 total=$(du -sm "$OUT" | cut -f1)

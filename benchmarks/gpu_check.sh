@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure in one short run, for a machine with one GPU and a CUDA build of torch (issue 18):
-# installs the package (from benchmarks/gpu-carry, made by benchmarks/gpu_carry.sh, where the machine
-# has no network; else from the registry), runs the `gpu` tests, then each speed figure under a time
+# installs what the package needs (from benchmarks/gpu-carry, made by benchmarks/gpu_carry.sh, where
+# the machine has no network: into a folder on PYTHONPATH; else from the registry), runs the `gpu` tests, then each speed figure under a time
 # cap, and writes every step's output, with the GPU's name, driver and torch versions, to
 # OUT/gpu_check.json and OUT/gpu_check.md. The caps add up to under 9 minutes.
 #
@@ -19,17 +19,20 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 2
 fi
 START=$(date +%s)
-VENV="${GPU_VENV:-/tmp/asd-gpu-venv}"  # the image's torch and packages, plus what is carried
-"$PY" -m venv --system-site-packages "$VENV"
-VPY="$VENV/bin/python"
+# The carried packages go into a folder on PYTHONPATH, beside the image's own: its python3 is itself
+# a virtual environment, and a venv made from a venv would not see that one's packages (torch)
+DEPS="${GPU_DEPS:-/tmp/asd-gpu-deps}"
+VPY="$PY"
 if [ -d benchmarks/gpu-carry ]; then
-    SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    tar -C "$SITE" -xJf benchmarks/gpu-carry/ray-2.60.0-cp312-trimmed.tar.xz
-    "$VPY" -m pip install --quiet --no-index --no-deps benchmarks/gpu-carry/wheels/*.whl
-    "$VPY" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+    rm -rf "$DEPS" && mkdir -p "$DEPS"
+    tar -C "$DEPS" -xJf benchmarks/gpu-carry/ray-2.60.0-cp312-trimmed.tar.xz
+    "$PY" -m pip install --quiet --no-index --no-deps --target "$DEPS" benchmarks/gpu-carry/wheels/*.whl
 else
-    "$VPY" -m pip install --quiet -e ".[test]"
+    "$PY" -m pip install --quiet -e ".[test]"
 fi > "$OUT/install.log" 2>&1 || { echo "gpu_check: install failed, see $OUT/install.log" >&2; tail -20 "$OUT/install.log"; exit 1; }
+export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # Ray's workers inherit it
+"$VPY" -c "import ray, torch, asd_ray.train; print('gpu_check: ray', ray.__version__, 'torch', torch.__version__)" \
+    >> "$OUT/install.log" 2>&1 || { echo "gpu_check: imports failed, see $OUT/install.log" >&2; tail -20 "$OUT/install.log"; exit 1; }
 
 STEPS=()
 step() {  # step NAME CAP_SECONDS COMMAND...: run it under a time cap, keep its output and status
@@ -40,7 +43,8 @@ step() {  # step NAME CAP_SECONDS COMMAND...: run it under a time cap, keep its 
     STEPS+=("$name $rc $(( $(date +%s) - t0 )) $cap")
     echo "gpu_check: $name exit $rc in $(( $(date +%s) - t0 )) s (cap $cap s)"
 }
-step gpu-tests 170 "$VPY" -m pytest -m gpu -q -p no:cacheprovider --timeout 160 -o addopts=""
+step gpu-tests 170 "$VPY" -m pytest tests/test_gpu.py tests/test_model.py -m gpu -q -p no:cacheprovider --timeout 160 \
+    -o addopts=""  # the modules with gpu tests: the others import the S3 server and MLflow, not carried
 step model-bf16 30 "$VPY" benchmarks/model_throughput.py --device cuda --bf16 --batch 64 --seconds 10
 step model-bf16-compile 60 "$VPY" benchmarks/model_throughput.py --device cuda --bf16 --compile --batch 64 --seconds 10
 step train 65 "$VPY" benchmarks/train_throughput.py --gpu --clips 192 --seconds 10 --workers 1 --epochs 2
