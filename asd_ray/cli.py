@@ -116,7 +116,8 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     print(ev["markdown"])
     print(f"demo finished in {result['seconds'] / 60:.1f} min: official score {100 * ev['official_score']:.2f}")
-    print(f"report: {ev['report']}  (scores and DCASE files in {result['score']['out']})")
+    print(f"report: {ev['report']}, to look and listen: {ev['report_html']}  (scores and DCASE files in "
+          f"{result['score']['out']})")
     return 0
 
 

@@ -9,6 +9,7 @@ setup hook (:func:`setup_worker`), so a cluster's nodes need no files of ours.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -112,7 +113,13 @@ def ray_init_options() -> dict:
     """``ray.init`` arguments for the job's verbosity."""
     # Ray Train's print patch sends a worker's print() to its logger and to stdout: each line twice
     env = {VERBOSE_ENV: "1" if verbose() else "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    options = {"runtime_env": {"env_vars": env, "worker_process_setup_hook": "asd_ray.console.setup_worker"}}
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": "asd_ray.console.setup_worker"}
+    # a job submitted with its own runtime env: Ray merges ours into it and refuses a key set in both
+    # (the job's wins: e.g. --runtime-env-json '{"env_vars": {"ASD_RAY_VERBOSE": "1"}}')
+    submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    env = {k: v for k, v in env.items() if k not in (submitted.get("env_vars") or {})}
+    runtime_env = {k: v for k, v in {**runtime_env, "env_vars": env}.items() if k not in submitted or k == "env_vars"}
+    options = {"runtime_env": runtime_env}
     if not verbose():  # the driver's 'ray' logger keeps its handlers, and so our filter on them
         options["configure_logging"] = False
     return options

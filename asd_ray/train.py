@@ -162,7 +162,7 @@ def train_loop(config: dict) -> None:
     val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
            if cfg.validation and rank == 0 else None)
 
-    clips_per_epoch = None
+    clips_per_epoch = config.get("clips")  # then what an epoch took (a batch's remainder is dropped)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
@@ -170,7 +170,7 @@ def train_loop(config: dict) -> None:
             group["lr"] = lr
         totals = torch.zeros(3, device=device)  # loss sum, correct, clips
         t0 = time.time()
-        # every worker reads its own part: rank 0's clips x workers; the total is known after an epoch
+        # every worker reads its own part: rank 0's clips x workers
         progress = console.Progress(f"epoch {epoch + 1}/{cfg.epochs}", clips_per_epoch,
                                     cfg.progress_s if rank == 0 else 0)
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
@@ -315,7 +315,10 @@ def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = No
           f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
     return ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes,
+                           # for the progress lines' time left (from the shards' footers)
+                           "clips": dataset.count_clips(cfg.data, split="train", machine=cfg.machines,
+                                                        options=cfg.storage)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                      **({"GPU": 1} if cfg.use_gpu else {})},

@@ -65,3 +65,14 @@ def test_verbose_keeps_rays_own_logging(monkeypatch):
     monkeypatch.setenv(console.VERBOSE_ENV, "0")
     assert console.ray_init_options()["configure_logging"] is False
     assert console.train_logging_config().log_level == "WARNING"
+
+
+def test_a_submitted_jobs_own_runtime_env_wins_where_both_set_a_key(monkeypatch):
+    """Ray refuses to merge runtime envs that set the same key: ours gives way to the job's."""
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": '
+                                                      '{"ASD_RAY_VERBOSE": "1"}, "worker_process_setup_hook": "m.f"}}')
+    env = console.ray_init_options()["runtime_env"]
+    assert env == {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert set(console.ray_init_options()["runtime_env"]) == {"env_vars", "worker_process_setup_hook"}
