@@ -171,9 +171,10 @@ def _keys(batch: pa.Table, sample_rate: int | None) -> dict[str, np.ndarray]:
             raise schema.SchemaError(f"{batch['path'][i].as_py()}: clip {batch['clip_id'][i].as_py()} has sample "
                                      f"rate {rates[i]} Hz, expected {sample_rate} Hz (the training config's "
                                      f"sample_rate)")
-    return {"key": np.array(["\t".join([m, s, d or "", attribute_key(a)]) for m, s, d, a in zip(
+    keys = {"\t".join([m, s, d or "", attribute_key(a)]) for m, s, d, a in zip(
         batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["domain"].to_pylist(),
-        batch["attributes"].to_pylist())], dtype=object)}
+        batch["attributes"].to_pylist())}
+    return {"key": np.array(sorted(keys), dtype=object)}  # a batch's distinct keys: a few, however many clips
 
 
 def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
@@ -184,7 +185,12 @@ def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section
     it and its shard."""
     ds = _read(url, split, machine, section, domain, options,
                columns=["clip_id", "machine", "section", "domain", "attributes", "sample_rate"], paths=True)
-    keys = ds.map_batches(_keys, fn_kwargs={"sample_rate": sample_rate}, batch_format="pyarrow").unique("key")
+    # each block's distinct keys, gathered as they stream in: Dataset.unique would start an all-to-all
+    # hash aggregation (several seconds of actor start-up before every training run)
+    keys: set[str] = set()
+    for batch in ds.map_batches(_keys, fn_kwargs={"sample_rate": sample_rate}, batch_format="pyarrow").iter_batches(
+            batch_size=None, batch_format="pyarrow"):
+        keys.update(batch["key"].to_pylist())
     return sorted((m, s, d or None, a) for m, s, d, a in (k.split("\t") for k in keys))
 
 
