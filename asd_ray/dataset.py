@@ -79,6 +79,8 @@ class RowGroup:
 def row_groups(urls: list[str], options: StorageOptions | None = None) -> list[RowGroup]:
     """Every row group of the shards, from their footers (read in parallel: cheap, metadata only),
     each shard's schema checked on the way."""
+    if not urls:
+        return []
     fs, _ = storage.pyarrow_fs(urls[0], options)
 
     def footer(url: str) -> list[RowGroup]:

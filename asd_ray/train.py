@@ -162,7 +162,7 @@ def train_loop(config: dict) -> None:
     val = (load_validation(cfg.validation, cfg.data, cfg.machines, cfg.clip_samples, cfg.storage)
            if cfg.validation and rank == 0 else None)
 
-    clips_per_epoch = config.get("clips")  # then what an epoch took (a batch's remainder is dropped)
+    clips_per_epoch = config.get("clips") or None  # then what an epoch took (a batch's remainder is dropped)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
