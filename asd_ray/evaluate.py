@@ -62,13 +62,17 @@ def evaluate_table(table: pa.Table) -> tuple[list[dict], dict[str, float], float
     label = np.array([v == "anomaly" for v in d["label"]], dtype=int)
     domain, score = np.array(d["domain"]), np.array(d["score"])
     machine, section = np.array(d["machine"]), np.array(d["section"])
+    # a dataset without any target clip has one domain (DCASE 2020, MIMII): AUC and pAUC, no target AUC
+    measured = ("source", "target") if (domain == "target").any() else ("source",)
+    columns = COLUMNS if len(measured) == 2 else ("auc_source", "pauc")
     rows = []
     for m, s in sorted(set(zip(d["machine"], d["section"]))):
         keep = (machine == m) & (section == s)
         rows.append({"machine": m, "section": s, **metrics.section_metrics(label[keep], domain[keep], score[keep],
-                                                                           machine=m, section=s)})
-    per_machine = {m: metrics.official_score([r for r in rows if r["machine"] == m]) for m in sorted(set(machine))}
-    return rows, per_machine, metrics.official_score(rows)
+                                                                           machine=m, section=s, measured=measured)})
+    per_machine = {m: metrics.official_score([r for r in rows if r["machine"] == m], columns)
+                   for m in sorted(set(machine))}
+    return rows, per_machine, metrics.official_score(rows, columns)
 
 
 def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: float) -> str:
@@ -81,9 +85,9 @@ def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: flo
     for m in sorted(per_machine):
         sections = [r for r in rows if r["machine"] == m]
         for r in sections:
-            lines.append(f"| {m} | {r['section']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in COLUMNS) + " |")
+            lines.append(f"| {m} | {r['section']} | " + " | ".join(metrics.percent(r[c]) for c in COLUMNS) + " |")
         for kind, name in (("mean", "arithmetic mean"), ("hmean", "harmonic mean")) if len(sections) > 1 else ():
-            lines.append(f"| {m} | {name} | " + " | ".join(f"{100 * means[m][f'{kind}_{c}']:.2f}" for c in COLUMNS)
+            lines.append(f"| {m} | {name} | " + " | ".join(metrics.percent(means[m][f"{kind}_{c}"]) for c in COLUMNS)
                          + " |")
     lines += ["", "| machine | harmonic mean of its AUC (source), AUC (target) and pAUC values (asd_ray) |",
               "|---|---|"]
@@ -138,7 +142,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     result: dict = {"rows": None, "per_machine": {}, "machine_means": {}, "official_score": None, "markdown": ""}
     if labelled:
         result = metrics_files(table, cfg, files)
-    html_page = report_page(table, result["rows"], cfg)
+    html_page = report_page(table, result["rows"], result["official_score"], cfg)
     # the reports go last and old ones are removed first: an evaluation folder with a report is complete
     for name in ("report.md", "report.html"):
         storage.remove(storage.join(cfg.out_url, name), cfg.storage)
@@ -176,7 +180,7 @@ def metrics_files(table: pa.Table, cfg: EvaluateConfig, files: dict[str, bytes])
             "markdown": md}
 
 
-def report_page(table: pa.Table, rows: list[dict] | None, cfg: EvaluateConfig) -> str:
+def report_page(table: pa.Table, rows: list[dict] | None, official: float | None, cfg: EvaluateConfig) -> str:
     """report.html, with the shown clips' audio read from the scored dataset (named in the manifest)."""
     d = {k: np.array(v, dtype=object if k != "score" else float) for k, v in table.to_pydict().items()}
     d["decision"] = np.array(table["decision"].to_pylist(), dtype=float)
@@ -189,7 +193,7 @@ def report_page(table: pa.Table, rows: list[dict] | None, cfg: EvaluateConfig) -
             clips.update(dataset.read_some_clips(data, "test", machine, ids, cfg.storage))
     title = "Anomaly detection report" if rows is not None else "Anomaly scores (unlabelled set)"
     summary = (f"Scores: {cfg.scores} ({table.num_rows} clips) of {data}. "
-               + (f"Official score {100 * metrics.official_score(rows):.2f}." if rows is not None else
+               + (f"Official score {100 * official:.2f}." if rows is not None else
                   "No labels: score distributions and the highest-scoring clips; metrics need a labelled set "
                   "or ground_truth=<folder>."))
     return report_html.render(d, rows, clips, title, summary)

@@ -18,6 +18,7 @@ error naming the machine, section and domain, never a value left out of a mean.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -33,11 +34,16 @@ class MetricError(ValueError):
 
 
 def section_metrics(labels: np.ndarray, domains: np.ndarray, scores: np.ndarray, machine: str = "?",
-                    section: str = "?") -> dict[str, float]:
-    """``labels``: 1 anomaly / 0 normal; ``domains``: 'source' / 'target'; higher score = more anomalous."""
+                    section: str = "?", measured: tuple[str, ...] = ("source", "target")) -> dict[str, float]:
+    """``labels``: 1 anomaly / 0 normal; ``domains``: 'source' / 'target'; higher score = more anomalous.
+    ``measured``: the domains whose AUC is computed (a one-domain dataset, DCASE 2020 or MIMII,
+    has no target AUC: NaN)."""
     labels, domains, scores = np.asarray(labels), np.asarray(domains), np.asarray(scores, dtype=float)
     out = {}
     for domain in ("source", "target"):
+        if domain not in measured:
+            out[f"auc_{domain}"] = math.nan
+            continue
         keep = (domains == domain) | (labels == 1)
         out[f"auc_{domain}"] = _auc(labels[keep], scores[keep], f"{machine} section {section} {domain}: AUC")
     out["pauc"] = _auc(labels, scores, f"{machine} section {section} (both domains): pAUC", MAX_FPR)
@@ -52,9 +58,10 @@ def _auc(labels: np.ndarray, scores: np.ndarray, what: str, max_fpr: float | Non
     return float(roc_auc_score(labels, scores, max_fpr=max_fpr))
 
 
-def official_score(rows: list[dict[str, float]]) -> float:
-    """Harmonic mean of all AUC (source), AUC (target) and pAUC values of ``rows`` (sections)."""
-    values = np.array([r[k] for k in COLUMNS for r in rows], dtype=float)
+def official_score(rows: list[dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> float:
+    """Harmonic mean of all AUC (source), AUC (target) and pAUC values of ``rows`` (sections);
+    ``columns`` names fewer for a one-domain dataset (AUC and pAUC, as DCASE 2020 ranked)."""
+    values = np.array([r[k] for k in columns for r in rows], dtype=float)
     if not len(values) or np.isnan(values).any():
         raise MetricError(f"the official score needs an AUC (source), AUC (target) and pAUC for every section; "
                           f"got {values.tolist()}")
@@ -70,3 +77,8 @@ def machine_means(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         out[machine] = {**{f"mean_{c}": float(np.mean([r[c] for r in mine])) for c in COLUMNS},
                         **{f"hmean_{c}": float(hmean([r[c] for r in mine])) for c in COLUMNS}}
     return out
+
+
+def percent(value: float) -> str:
+    """A metric as the tables print it; n/a where it is not defined (no target domain in the data)."""
+    return "n/a" if value != value else f"{100 * value:.2f}"

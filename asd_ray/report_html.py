@@ -122,7 +122,7 @@ def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[st
         if labelled:
             row = next(r for r in rows if r["machine"] == machine and r["section"] == section)
             parts.append("<table><tr>" + "".join(f"<th>{HEADERS[c]}</th>" for c in metrics.COLUMNS) + "</tr><tr>"
-                         + "".join(f"<td>{100 * row[c]:.2f}</td>" for c in metrics.COLUMNS) + "</tr></table>")
+                         + "".join(f"<td>{metrics.percent(row[c])}</td>" for c in metrics.COLUMNS) + "</tr></table>")
         parts.append(f"<p class='muted'>{sel.sum()} clips; decision threshold "
                      f"{'n/a' if thr is None else f'{thr:.4g}'}</p>")
         parts += [_img(png, f"{machine} {section}") for png in section_plots(score, domain, label, thr,

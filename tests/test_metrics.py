@@ -148,3 +148,18 @@ def test_ground_truth_files_label_an_evaluation_set(tmp_path):
         ground_truth.apply(unlabelled, root)
     with pytest.raises(FileNotFoundError, match="ground_truth_gear_section_00_test.csv: no such ground-truth file"):
         ground_truth.apply(unlabelled.set_column(1, "machine", pa.array(["gear"] * unlabelled.num_rows)), root)
+
+
+def test_a_one_domain_dataset_is_ranked_by_auc_and_pauc():
+    """DCASE 2020 and MIMII have no target domain: no target AUC (n/a), the official score over the rest;
+    a dataset with both domains still needs every target AUC."""
+    table = _scores_table()
+    source_only = table.filter(pa.compute.equal(table["domain"], "source"))
+    rows, per_machine, overall = evaluate_table(source_only)
+    assert all(math.isnan(r["auc_target"]) for r in rows)
+    assert overall == pytest.approx(hmean([r[c] for c in ("auc_source", "pauc") for r in rows]))
+    assert "| fan | 00 | 100.00 | n/a | 100.00 |" in markdown_table(rows, per_machine, overall)
+    both = table.filter(pa.compute.invert(pa.compute.and_(pa.compute.equal(table["domain"], "target"),
+                                                          pa.compute.equal(table["label"], "normal"))))
+    with pytest.raises(metrics.MetricError, match="target: AUC needs"):  # target anomalies, no target normals
+        evaluate_table(both)
