@@ -36,8 +36,10 @@ class Tracked(BaseModel):
 def store_for(cfg: Tracked, output: str) -> tuple[str, str | None]:
     """The tracking URI and, for a local store, its artifact folder."""
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith("sqlite:///"):  # a local store: its artifacts beside it (MLflow: ./mlruns)
+        return uri, os.path.join(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", "artifacts")
     if uri:
-        return uri, None
+        return uri, None  # a server keeps its own artifact store
     near = (os.path.dirname(os.path.abspath(storage.strip_protocol(output).rstrip("/"))) if storage.is_local(output)
             else os.getcwd())
     root = os.path.join(near, STORE_FOLDER)

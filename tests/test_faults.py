@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import boto3
 import numpy as np
@@ -95,6 +96,7 @@ def test_credentials_never_in_logs_or_saved_outputs(own_s3_server, monkeypatch, 
     assert b"report.md" not in saved and len(fs.find("asd-secrets")) > 5  # the job wrote its outputs
     tracked = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert b"official_score" in tracked and b"asd-secrets" in tracked  # the evaluation was logged
+    assert (tmp_path / "artifacts").is_dir() and not os.path.exists("mlruns")  # its artifacts beside the store
     for text in (out.out, out.err, saved.decode("latin-1"), tracked.decode("latin-1")):
         assert secret not in text and key_id not in text
 

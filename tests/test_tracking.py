@@ -18,7 +18,9 @@ def test_the_default_store_is_beside_the_output_or_the_environments(tmp_path, mo
     assert tracking.store_for(cfg, "s3://bucket/runs/train")[0] == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert tracking.store_for(cfg, cfg.storage_path) == ("http://127.0.0.1:1", None)
-    assert tracking.store_for(cfg.model_copy(update={"tracking_uri": "sqlite:///x.db"}), "") == ("sqlite:///x.db", None)
+    given = f"sqlite:///{tmp_path}/elsewhere/my.db"  # a local store: its artifacts beside it, not in ./mlruns
+    assert tracking.store_for(cfg.model_copy(update={"tracking_uri": given}), "") == (
+        given, f"{tmp_path}/elsewhere/artifacts")
 
 
 def test_a_run_logs_params_metrics_and_artifacts_and_tracking_false_logs_nothing(tmp_path, monkeypatch):
