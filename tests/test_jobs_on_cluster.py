@@ -423,14 +423,25 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_when_one_joins(c
     while 1 not in epoch_workers():
         time.sleep(0.2)
     nodes.add_worker("elastic-c")
-    while 2 not in (seen := epoch_workers())[seen.index(1):]:
-        time.sleep(0.5)
-    job(nodes.address, env, "stop", "train-elastic")
 
     fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"])
     run = f"{submitted['runs'].removeprefix('s3://')}/elastic"
-    states = [bundle.load_weights(fs.cat(path), "checkpoint") for path in fs.glob(f"{run}/checkpoint_*/state.pt")]
-    history = max(states, key=lambda st: st["epoch"])["history"]
+
+    def last_checkpoints_history() -> list[dict]:
+        fs.invalidate_cache()
+        newest = max(fs.glob(f"{run}/checkpoint_*/state.pt"))  # names carry the time they were taken
+        return bundle.load_weights(fs.cat(newest), "checkpoint")["history"]
+
+    # stopped once a checkpoint taken after the growth exists (an epoch line comes before its checkpoint)
+    def grown(workers: list[int]) -> bool:
+        return 1 in workers and 2 in workers[workers.index(1):]
+
+    while not grown([m["workers"] for m in last_checkpoints_history()]):
+        epoch_workers()  # the run still going, the deadline not passed
+        time.sleep(1.0)
+    job(nodes.address, env, "stop", "train-elastic")
+
+    history = last_checkpoints_history()
     assert [m["epoch"] for m in history] == list(range(len(history)))  # every epoch once, none lost
     workers = [m["workers"] for m in history]
     shrunk = workers.index(1)
