@@ -18,20 +18,15 @@ import csv
 import io
 import json
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-from pydantic import Field  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from asd_ray import dataset, ground_truth, metrics, report_html, schema, storage  # noqa: E402
-from asd_ray.config import JobConfig  # noqa: E402
-from asd_ray.score import read_scores  # noqa: E402
-from asd_ray.storage import StorageOptions  # noqa: E402
-from asd_ray.tracking import Tracked  # noqa: E402
+from asd_ray import dataset, ground_truth, metrics, report_html, schema, storage
+from asd_ray.config import JobConfig
+from asd_ray.score import read_scores
+from asd_ray.storage import StorageOptions
+from asd_ray.tracking import Tracked
 
 COLUMNS = metrics.COLUMNS
 
@@ -96,40 +91,17 @@ def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: flo
     return "\n".join(lines) + "\n"
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plots(table: pa.Table) -> dict[str, bytes]:
-    d = {k: np.array(v) for k, v in table.to_pydict().items()}
+    """report.md's ROC curve and score histogram per machine type (report.html's plots, drawn over
+    all of the machine's sections)."""
+    d = {k: np.array(v, dtype=object if k != "score" else float) for k, v in table.to_pydict().items()}
     files = {}
     for m in sorted(set(d["machine"].tolist())):
         schema.check_name("machine", m, "scores")  # it becomes a file name
         keep = d["machine"] == m
-        label, domain, score = (d["label"][keep] == "anomaly").astype(int), d["domain"][keep], d["score"][keep]
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        for dom in ("source", "target"):
-            sel = (domain == dom) | (label == 1)
-            if len(set(label[sel].tolist())) == 2:
-                fpr, tpr, _ = roc_curve(label[sel], score[sel])
-                ax.plot(fpr, tpr, label=dom)
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.axvline(metrics.MAX_FPR, color="grey", lw=0.5)
-        ax.set(title=f"{m}: ROC", xlabel="false positive rate", ylabel="true positive rate")
-        ax.legend()
-        files[f"roc_{m}.png"] = _png(fig)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        bins = np.linspace(score.min(), score.max(), 30)
-        for dom in ("source", "target"):
-            for lab, name in ((0, "normal"), (1, "anomaly")):
-                sel = (domain == dom) & (label == lab)
-                ax.hist(score[sel], bins=bins, alpha=0.5, label=f"{dom} {name}", histtype="stepfilled")
-        ax.set(title=f"{m}: anomaly scores", xlabel="score (min cosine distance)", ylabel="clips")
-        ax.legend(fontsize=7)
-        files[f"hist_{m}.png"] = _png(fig)
+        thr = report_html.threshold(d["score"][keep], np.array(d["decision"][keep], dtype=float))
+        roc, hist = report_html.section_plots(d["score"][keep], d["domain"][keep], d["label"][keep], thr, m)
+        files.update({f"roc_{m}.png": roc, f"hist_{m}.png": hist})
     return files
 
 
