@@ -4,8 +4,9 @@
                        ``torch.load(weights_only=True)``, so loading never runs pickled code
 ``<url>/bundle.json``  format version, model config, label map, sample rate, clip length, training
                        summary, companions; written last, so a bundle without it is incomplete and refused
-``<url>/autoencoder/`` the companion: the autoencoder baseline trained beside a dual-stream model
-                       (a bundle of its own), whose score ``asd-ray score`` adds (the hybrid score)
+``<url>/autoencoder/`` the companions: the autoencoder baseline trained beside a dual-stream model
+``<url>/framestats/``  and the frame-statistics detector (bundles of their own), whose scores
+                       ``asd-ray score`` adds (the hybrid score)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from asd_ray import storage
 from asd_ray.autoencoder import AEConfig, MachineAutoEncoders
+from asd_ray.framestats import FrameStats, FrameStatsConfig
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
@@ -27,15 +29,17 @@ from asd_ray.storage import StorageOptions
 
 BUNDLE_VERSION = 2
 AUTOENCODER_COMPANION = "autoencoder"  # the folder, inside a dual-stream bundle, of the autoencoder trained beside it
+FRAMESTATS_COMPANION = "framestats"  # and of its frame-statistics detector
 # what version-1 bundles, written before these model options existed, were trained with
 V1_MODEL = {"fft_magnitude": "log", "level_norm": False, "spec_mean_norm": False}
 
 
 class BundleInfo(BaseModel):
     version: int = BUNDLE_VERSION
-    method: Literal["scadacos", "autoencoder"] = "scadacos"
+    method: Literal["scadacos", "autoencoder", "framestats"] = "scadacos"
     model: ModelConfig
     autoencoder: AEConfig = AEConfig()
+    framestats: FrameStatsConfig = FrameStatsConfig()
     labels: LabelMap
     n_subclusters: int
     sample_rate: int
@@ -67,9 +71,12 @@ def load_weights(data: bytes, source: str) -> dict:
 
 
 def build(info: BundleInfo) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
-    """The model and its loss head (None for the autoencoder baseline, which scores by itself)."""
+    """The model and its loss head (None for the autoencoder baseline and the frame statistics,
+    which score by themselves)."""
     if info.method == "autoencoder":
         return MachineAutoEncoders(info.machines, info.autoencoder, info.sample_rate), None
+    if info.method == "framestats":
+        return FrameStats(info.framestats, info.sample_rate), None
     return DualStreamNet(info.model), SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
 
 
@@ -81,7 +88,8 @@ def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOpti
 
 def load_bundle(url: str, options: StorageOptions | None = None,
                 device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SubClusterAdaCos | None, BundleInfo]:
-    """The model (eval mode), its loss head (for class probabilities; None for the autoencoder)
+    """The model (eval mode), its loss head (for class probabilities; None for the autoencoder and
+    the frame statistics)
     and the bundle's info."""
     meta_url = storage.join(url, "bundle.json")
     if not storage.exists(meta_url, options):

@@ -8,7 +8,9 @@ the number of training clips. Below the limit every clip is kept and nothing cha
 Methods: ``centroid`` (the report's): the mean embedding per domain; ``kmeans`` (Wilkinghoff's):
 k-means sub-centroids of the source domain plus every target clip; ``knn``: every kept clip, each
 domain's distances divided by its median leave-one-out nearest-neighbour distance, so the dense
-source and the few target clips share one scale. For the autoencoder baseline: its reconstruction
+source and the few target clips share one scale (cosine distances of unit-norm embeddings; for the
+frame statistics, Euclidean distances of the vectors standardised by the section's training
+clips, ``standardise=True``). For the autoencoder baseline: its reconstruction
 error, or the Mahalanobis distance of its mean error vector to a Ledoit-Wolf Gaussian per domain.
 A clip's score is the minimum over both domains' references. Distances run in torch on the
 device given (the scoring actor's GPU where it has one), in chunks of queries, so memory is chunk
@@ -67,6 +69,9 @@ class References:
     """Reference vectors per (machine, section), each tagged with its domain and a distance scale
     (1 except for ``knn``); Gaussians (``precisions``) for the autoencoder's Mahalanobis score.
 
+    With ``standard`` (per section, the training clips' mean and standard deviation ``(2, dim)``),
+    vectors are standardised by it and compared by Euclidean distance (the frame statistics).
+
     Fit time only, not saved: ``origins`` gives, for a reference that is itself a training clip,
     that clip's index among the section's kept training clips (source first), else -1;
     ``held_out`` the Gaussians' out-of-sample scores of those clips."""
@@ -74,8 +79,10 @@ class References:
     def __init__(self, vectors: dict[Key, np.ndarray], domains: dict[Key, np.ndarray],
                  thresholds: dict[Key, float] | None = None, meta: dict | None = None,
                  scales: dict[Key, np.ndarray] | None = None, origins: dict[Key, np.ndarray] | None = None,
-                 precisions: dict[Key, np.ndarray] | None = None, held_out: dict[Key, np.ndarray] | None = None):
+                 precisions: dict[Key, np.ndarray] | None = None, held_out: dict[Key, np.ndarray] | None = None,
+                 standard: dict[Key, np.ndarray] | None = None):
         self.vectors, self.domains, self.precisions, self.held_out = vectors, domains, precisions, held_out
+        self.standard = standard
         self.scales = scales or {k: np.ones(len(v)) for k, v in vectors.items()}
         self.origins = origins or {k: np.full(len(v), -1) for k, v in vectors.items()}
         self.thresholds, self.meta = thresholds or {}, meta or {}
@@ -88,7 +95,14 @@ class References:
             return emb[:, 0].astype(np.float64)
         if self.precisions is not None:
             return mahalanobis(emb[:, 1:], self.vectors[key], self.precisions[key], device)
-        return nearest(emb, self.vectors[key], self.scales[key], device=device)
+        return nearest(self.standardised(key, emb), self.vectors[key], self.scales[key], device=device,
+                       euclidean=self.standard is not None)
+
+    def standardised(self, key: Key, vectors: np.ndarray) -> np.ndarray:
+        if self.standard is None:
+            return vectors
+        mean, std = self.standard[key]
+        return (vectors - mean) / std
 
     def training_scores(self, key: Key, clips: np.ndarray) -> np.ndarray:
         """Scores of the section's own kept training clips (in ``origins`` order), each with itself
@@ -101,7 +115,8 @@ class References:
         exclude = np.full(len(clips), -1)
         own = np.flatnonzero(self.origins[key] >= 0)
         exclude[self.origins[key][own]] = own
-        return nearest(clips, self.vectors[key], self.scales[key], exclude)
+        return nearest(self.standardised(key, clips), self.vectors[key], self.scales[key], exclude,
+                       euclidean=self.standard is not None)
 
     def to_bytes(self) -> bytes:
         keys = sorted(self.vectors)
@@ -114,7 +129,9 @@ class References:
                  thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
                  meta=np.array(json.dumps(self.meta)),
                  **({"precisions": np.concatenate([self.precisions[k] for k in keys]).astype(np.float32)}
-                    if self.precisions is not None else {}))
+                    if self.precisions is not None else {}),
+                 **({"standard": np.stack([self.standard[k] for k in keys]).astype(np.float32)}
+                    if self.standard is not None else {}))
         return buf.getvalue()
 
     @classmethod
@@ -127,20 +144,22 @@ class References:
             return {k: z[name][a:b] for k, a, b in bounds}
         return cls(split("vectors"), split("domains"), {k: float(t) for k, t in zip(keys, z["thresholds"])},
                    json.loads(str(z["meta"])), split("scales"),
-                   precisions=split("precisions") if "precisions" in z else None)
+                   precisions=split("precisions") if "precisions" in z else None,
+                   standard=dict(zip(keys, z["standard"])) if "standard" in z else None)
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
-            chunk: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:
-    """Per query row, the minimum of ``(1 - query . vector) / scale`` over the reference vectors
-    (float32, exact), leaving out reference ``exclude[i]`` for query ``i`` (-1: none). Chunked over
-    the queries: memory is ``chunk x references`` however many clips there are."""
+            chunk: int = 1024, device: torch.device | str = "cpu", euclidean: bool = False) -> np.ndarray:
+    """Per query row, the minimum of ``(1 - query . vector) / scale`` (with ``euclidean``,
+    ``|query - vector| / scale``) over the reference vectors (float32, exact), leaving out reference
+    ``exclude[i]`` for query ``i`` (-1: none). Chunked over the queries: memory is
+    ``chunk x references`` however many clips there are."""
     refs = torch.as_tensor(np.asarray(vectors, np.float32), device=device)
     scale = torch.as_tensor(np.asarray(scales, np.float32), device=device)
     out = np.empty(len(queries))
     for a in range(0, len(queries), chunk):
         q = torch.as_tensor(np.asarray(queries[a:a + chunk], np.float32), device=device)
-        dist = (1.0 - q @ refs.T) / scale
+        dist = (torch.cdist(q, refs) if euclidean else 1.0 - q @ refs.T) / scale
         if exclude is not None:
             rows = np.flatnonzero(exclude[a:a + chunk] >= 0)
             dist[torch.as_tensor(rows), torch.as_tensor(exclude[a:a + chunk][rows])] = torch.inf
@@ -262,18 +281,29 @@ def kmeans_references(groups: Groups, clusters: int) -> References:
     return _references(parts)
 
 
-def knn_references(groups: Groups) -> References:
+def knn_references(groups: Groups, standardise: bool = False) -> References:
     """Every kept training embedding is a reference; a domain's distances are divided by its median
-    leave-one-out nearest-neighbour distance among its own training clips."""
-    parts = defaultdict(list)
+    leave-one-out nearest-neighbour distance among its own training clips. With ``standardise``
+    (the frame statistics): each dimension standardised by the section's training clips, Euclidean
+    distances."""
+    parts, standard = defaultdict(list), {}
+    if standardise:
+        for key in sorted({(m, s) for m, s, _ in groups}):
+            clips = section_clips(groups, key).astype(np.float64)
+            standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
     for key, domain, vectors, first in _by_section(groups):
         if len(vectors) < 2:
             raise ValueError(f"references=knn needs at least 2 normal training clips per machine, section and "
                              f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
+        if standardise:
+            vectors = ((vectors - standard[key][0]) / standard[key][1]).astype(np.float32)
         own = np.arange(len(vectors))
-        scale = max(float(np.median(nearest(vectors, vectors, np.ones(len(vectors)), exclude=own))), 1e-6)
+        scale = max(float(np.median(nearest(vectors, vectors, np.ones(len(vectors)), exclude=own,
+                                            euclidean=standardise))), 1e-6)
         parts[key].append((domain, vectors, np.full(len(vectors), scale), first + own))
-    return _references(parts)
+    refs = _references(parts)
+    refs.standard = standard or None
+    return refs
 
 
 def group_embeddings(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> Groups:

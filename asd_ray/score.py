@@ -37,6 +37,7 @@ from scipy import stats
 from asd_ray import bundle, dataset, schema, storage
 from asd_ray.autoencoder import MachineAutoEncoders
 from asd_ray.config import JobConfig
+from asd_ray.framestats import FrameStats
 from asd_ray.heap import release_freed_memory
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.model import autocast
@@ -107,7 +108,8 @@ class Embedder:
     """Ray Data actor: the models (the main one and any added ones), waveform batches in.
 
     Without references, one vector per clip and model out: unit-norm embeddings, or for the
-    autoencoder baseline its mean squared error followed by its mean error vector. With
+    autoencoder baseline its mean squared error followed by its mean error vector, for the frame
+    statistics the statistics themselves. With
     ``references`` (an object reference to the fitted ``References`` of every model, as bytes),
     each clip's score and decision out instead, or the reason it has none."""
 
@@ -126,6 +128,8 @@ class Embedder:
             for k, model in enumerate(self.models):
                 if isinstance(model, MachineAutoEncoders):
                     emb = model.score_features(wave, model.index(batch["machine"]).to(self.device)).float()
+                elif isinstance(model, FrameStats):
+                    emb = model(wave)
                 else:
                     emb = F.normalize(model(wave).float(), dim=1)
                 columns[embedding_column(k)] = emb.cpu().numpy()
@@ -205,6 +209,8 @@ def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) 
             return mahalanobis_references(groups)
         check_finite(groups, "autoencoder references")  # no vectors: the reconstruction error is the score
         return reconstruction_references({(m, s) for m, s, _ in groups})
+    if info.method == "framestats":
+        return knn_references(groups, standardise=True)
     if cfg.references == "centroid":
         return centroid_references(groups)
     if cfg.references == "kmeans":
@@ -215,6 +221,8 @@ def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) 
 def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
     if info.method == "autoencoder":
         return "reconstruction" if cfg.autoencoder_score == "mse" else "mahalanobis"
+    if info.method == "framestats":
+        return "framestats"
     return cfg.references
 
 

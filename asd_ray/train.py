@@ -28,6 +28,7 @@ from asd_ray import bundle, console, dataset, storage
 from asd_ray.augment import feature_exchange, mixup
 from asd_ray.autoencoder import AEConfig
 from asd_ray.config import JobConfig, refuse_changes
+from asd_ray.framestats import FrameStatsConfig
 from asd_ray.labels import LabelMap, class_key
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig, autocast
@@ -45,7 +46,7 @@ RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", 
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
              "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
              "autoencoder_epochs", "progress_s", "tracking", "tracking_uri", "experiment",
-             "ensemble"}
+             "ensemble", "framestats"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 
@@ -102,6 +103,10 @@ class TrainConfig(JobConfig, Tracked):
                                                "after the first in the same job with seeds seed+1.. (runs "
                                                "'<name>-member-<k>', bundles <bundle>/member-<k>) and asd-ray score "
                                                "adds their normalised scores. Each member costs a training")
+    framestats: FrameStatsConfig | None = Field(FrameStatsConfig(), description="method=scadacos: the frame-"
+                                                "statistics detector (nothing to train) saved beside the model in "
+                                                "<bundle>/framestats; asd-ray score adds its normalised score (the "
+                                                "hybrid score). null: none")
     model: ModelConfig = ModelConfig()
     autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
@@ -371,8 +376,9 @@ def epochs_done(cfg: TrainConfig) -> int:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) the model, then its companion autoencoder if any, and write the model
-    bundle last; returns a summary with per-epoch metrics."""
+    """Train (or resume) the model, then its companions (ensemble members, the autoencoder; the frame
+    statistics need no training), and write the model bundle last; returns a summary with per-epoch
+    metrics."""
     cfg = resolved(cfg)
     companions = companion_configs(cfg)
     for run in (cfg, *companions.values()):  # first: a refused resume reads no data
@@ -389,7 +395,13 @@ def train(cfg: TrainConfig) -> dict:
               flush=True)
         summary["companions"][folder], c_info, c_weights = _fit(companion, labels)
         bundle.save_bundle(companion.bundle_url, c_info, c_weights, cfg.storage)
-    bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(companions)}), weights, cfg.storage)
+    if cfg.method == "scadacos" and cfg.framestats is not None:  # a companion with no weights: nothing to train
+        url = storage.join(cfg.bundle_url, bundle.FRAMESTATS_COMPANION)
+        fs_info = info.model_copy(update={"method": "framestats", "framestats": cfg.framestats, "training": {}})
+        bundle.save_bundle(url, fs_info, bundle.weights_bytes(bundle.build(fs_info)[0], None), cfg.storage)
+        summary["companions"][bundle.FRAMESTATS_COMPANION] = {"bundle": url}
+    bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(summary["companions"])}), weights,
+                       cfg.storage)
     return summary
 
 
@@ -419,6 +431,7 @@ def summary_text(summary: dict) -> str:
     text = (f"trained {m['epoch'] + 1} epochs: loss {m['loss']:.4f}, aux accuracy {m['accuracy']:.3f}; "
             f"model bundle at {summary['bundle']}\n" + json.dumps(m, indent=None))
     for folder, c in summary.get("companions", {}).items():
-        text += (f"\ncompanion '{folder}': {c['metrics']['epoch'] + 1} epochs, loss {c['metrics']['loss']:.4f}; "
-                 f"bundle at {c['bundle']}")
+        trained = (f"{c['metrics']['epoch'] + 1} epochs, loss {c['metrics']['loss']:.4f}" if "metrics" in c
+                   else "nothing to train")
+        text += f"\ncompanion '{folder}': {trained}; bundle at {c['bundle']}"
     return text

@@ -7,9 +7,11 @@ the same jobs users run (``asd-ray train``, ``asd-ray score``, ``asd-ray evaluat
     python benchmarks/quality.py ... --name scadacos-mix1 --set mixup_alpha=1.0 featex=0.5   # a variant
 
 One ``asd-ray train`` job as users run it trains the dual-stream model and its companion, the
-DCASE autoencoder baseline (a model per machine type). Systems scored: the dual-stream model
-alone (``companions=false``); the autoencoder by MSE and by Mahalanobis distance; the hybrid, the
-default (both models' scores, each normalised per machine and section, added). Prints per machine type AUC
+DCASE autoencoder baseline (a model per machine type), and saves the frame-statistics detector
+(nothing to train). Systems scored: the dual-stream model alone (``companions=false``); the
+autoencoder by MSE and by Mahalanobis distance; the frame statistics alone; the dual-stream model
+and the autoencoder; the hybrid, the default (all three models' scores, each normalised per
+machine and section, added). Prints per machine type AUC
 (source), AUC (target), pAUC and the official score, per fault family AUC (source) / AUC (target),
 and each system's official score minus the stronger autoencoder score. Re-running with the same
 --out reuses the data and the trained runs (the jobs' own resume).
@@ -21,7 +23,7 @@ import time
 from sklearn.metrics import roc_auc_score
 
 from asd_ray import storage
-from asd_ray.bundle import AUTOENCODER_COMPANION
+from asd_ray.bundle import AUTOENCODER_COMPANION, FRAMESTATS_COMPANION
 from asd_ray.cluster import ensure_ray
 from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
@@ -80,12 +82,14 @@ def main() -> None:
     t0 = time.time()
     main = train(cfg)["bundle"]
     seconds = {f"train {cfg.name} (with its autoencoder)": time.time() - t0}
-    ae = storage.join(main, AUTOENCODER_COMPANION)
+    ae, frames = storage.join(main, AUTOENCODER_COMPANION), storage.join(main, FRAMESTATS_COMPANION)
     systems = {  # label: scoring settings
         "dual-stream SCAdaCos": dict(bundle=main, companions=False),
         "autoencoder (MSE)": dict(bundle=ae, autoencoder_score="mse"),
         "autoencoder (Mahalanobis)": dict(bundle=ae, autoencoder_score="mahalanobis"),
-        "hybrid (default): dual-stream + autoencoder (Mahalanobis)": dict(bundle=main),
+        "frame statistics (kNN)": dict(bundle=frames),
+        "dual-stream + autoencoder (Mahalanobis)": dict(bundle=main, companions=False, add_bundles=[ae]),
+        "hybrid (default): dual-stream + autoencoder (Mahalanobis) + frame statistics": dict(bundle=main),
     }
     results, tables = {}, {}
     for i, (label, fields) in enumerate(systems.items()):

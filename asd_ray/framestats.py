@@ -1,0 +1,74 @@
+"""A detector with nothing to train: statistics of the clip's log-mel frames, scored by the distance
+to the nearest normal training clips of its machine, section and domain (issue 15's generic
+second detector).
+
+Per clip, in torch on the scoring device (float32):
+
+- the mean and the standard deviation over time of each log-mel band: what the sound is made of
+  and how much each band varies;
+- the autocorrelation of the broadband energy envelope at lags of 1 to ``lags`` frames: the
+  rhythm of events (a belt joint slapping twice, a stroke that comes late);
+- the modulation spectrum of ``bands`` groups of bands: the log magnitude of the envelope's
+  Fourier coefficients 1 to ``rates`` (cycles per clip), how fast each part of the spectrum beats.
+
+Each is standardised per machine and section by its normal training clips, and a clip's score is
+its Euclidean distance to the nearest of them, per domain divided by that domain's median
+leave-one-out distance (``references.knn_references(standardise=True)``). Where the auxiliary
+task of the dual-stream model does not need a fault's cues, these statistics still change with
+it; the hybrid score adds this score to the others.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from asd_ray.autoencoder import mel_filterbank
+
+
+class FrameStatsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_mels: int = Field(64, ge=8)
+    n_fft: int = Field(1024, ge=64)
+    hop_length: int = Field(512, ge=16)
+    lags: int = Field(96, ge=1, description="envelope autocorrelation lags, in frames")
+    bands: int = Field(8, ge=1, description="groups of mel bands for the modulation spectrum (divides n_mels)")
+    rates: int = Field(32, ge=1, description="modulation spectrum coefficients per group, from 1 cycle per clip")
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.n_mels + self.lags + self.bands * self.rates
+
+
+class FrameStats(nn.Module):
+    """Waveforms ``(batch, samples)`` -> ``(batch, FrameStatsConfig.dim)`` clip statistics."""
+
+    def __init__(self, cfg: FrameStatsConfig | None = None, sample_rate: int = 16000):
+        super().__init__()
+        self.cfg = cfg = cfg or FrameStatsConfig()
+        if cfg.n_mels % cfg.bands:
+            raise ValueError(f"framestats: bands={cfg.bands} must divide n_mels={cfg.n_mels}")
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.register_buffer("mel", mel_filterbank(sample_rate, cfg.n_fft, cfg.n_mels), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        with torch.autocast(wave.device.type, enabled=False):
+            power = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, window=self.window,
+                               return_complex=True).abs() ** 2
+            logmel = 10.0 * torch.log10(self.mel @ power + 1e-10)  # (batch, n_mels, frames)
+            frames = logmel.shape[-1]
+            envelope = torch.log10((self.mel @ power).sum(1) + 1e-10)
+            envelope = envelope - envelope.mean(-1, keepdim=True)
+            spectrum = torch.fft.rfft(envelope, n=2 * frames)  # zero-padded: a linear, not circular, correlation
+            corr = torch.fft.irfft(spectrum.abs() ** 2, n=2 * frames)[:, :frames]
+            corr = corr / (corr[:, :1] + 1e-9)
+            corr = F.pad(corr[:, 1:cfg.lags + 1], (0, max(0, cfg.lags + 1 - frames)))  # short clips: zeros
+            groups = logmel.reshape(len(logmel), cfg.bands, cfg.n_mels // cfg.bands, frames).mean(2)
+            groups = groups - groups.mean(-1, keepdim=True)
+            rates = torch.fft.rfft(groups, n=max(frames, 2 * cfg.rates), dim=-1).abs()[:, :, 1:cfg.rates + 1]
+            return torch.cat([logmel.mean(-1), logmel.std(-1), corr,
+                              torch.log10(rates + 1e-6).flatten(1)], dim=1)

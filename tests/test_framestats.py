@@ -1,0 +1,77 @@
+"""The frame-statistics detector: its features and its standardised nearest-neighbour references."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from asd_ray.framestats import FrameStats, FrameStatsConfig
+from asd_ray.references import References, knn_references
+
+SR = 16000
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 5.0])
+def test_statistics_have_one_size_for_any_clip_length(seconds):
+    cfg = FrameStatsConfig()
+    out = FrameStats(cfg)(torch.randn(3, int(seconds * SR)))
+    assert out.shape == (3, cfg.dim) and torch.isfinite(out).all()
+
+
+def clicks(rng: np.random.Generator, n: int, pairs: bool, seconds: float = 4.0) -> np.ndarray:
+    """A hum with a click every 0.25 s, or (``pairs``) the same number of clicks in pairs 0.1 s
+    apart: the same sounds, only their rhythm differs."""
+    t = np.arange(int(seconds * SR)) / SR
+    out = []
+    for _ in range(n):
+        wave = 0.05 * np.sin(2 * np.pi * 120 * t + rng.uniform(0, 6.3)) + 0.01 * rng.normal(size=t.size)
+        start = rng.uniform(0, 0.25)
+        times = (start + 0.5 * np.arange(8))[:, None] + np.array([0.0, 0.1]) if pairs else start + 0.25 * np.arange(16)
+        for at in np.ravel(times):
+            i = int(at * SR)
+            burst = rng.normal(size=400) * np.exp(-np.arange(400) / 60)
+            wave[i:i + 400] += 0.5 * burst[:len(wave[i:i + 400])]
+        out.append(wave)
+    return np.stack(out).astype(np.float32)
+
+
+def test_a_fault_that_changes_only_the_rhythm_of_events_scores_higher():
+    """Clicks in pairs instead of evenly spaced (conveyor's doubled joint slap): the spectrum is the
+    same; the envelope's autocorrelation and modulation spectrum are not."""
+    rng = np.random.default_rng(0)
+    model = FrameStats()
+    with torch.no_grad():
+        features = {name: model(torch.from_numpy(clicks(rng, n, pairs))).numpy()
+                    for name, n, pairs in (("train", 40, False), ("normal", 20, False), ("fault", 20, True))}
+
+    def auc(dims: slice) -> float:
+        refs = knn_references({("conveyor", "00", "source"): features["train"][:30, dims],
+                               ("conveyor", "00", "target"): features["train"][30:, dims]}, standardise=True)
+        scores = refs.score("conveyor", "00", np.concatenate([features["normal"][:, dims], features["fault"][:, dims]]))
+        return roc_auc_score([0] * 20 + [1] * 20, scores)
+
+    assert auc(slice(None)) > 0.95
+    assert auc(slice(0, 2 * model.cfg.n_mels)) < 0.75  # the bands' mean and spread alone barely see it
+
+
+def test_standardised_references_round_trip_and_leave_each_training_clip_out():
+    rng = np.random.default_rng(1)
+    scale = np.array([1.0, 100.0, 0.01])  # dimensions of very different ranges count alike once standardised
+    source, target = rng.normal(size=(30, 3)) * scale, 5 + rng.normal(size=(5, 3)) * scale
+    refs = knn_references({("valve", "00", "source"): source, ("valve", "00", "target"): target}, standardise=True)
+    key = ("valve", "00")
+    mean, std = refs.standard[key]
+    np.testing.assert_allclose(mean, np.concatenate([source, target]).mean(0), rtol=1e-6)
+    loaded = References.from_bytes(refs.to_bytes())
+    queries = rng.normal(size=(7, 3)) * scale
+    np.testing.assert_allclose(loaded.score(*key, queries), refs.score(*key, queries), rtol=1e-5)
+
+    clips = np.concatenate([source, target])
+    held_out = refs.training_scores(key, clips)
+    assert (held_out > 0).all()  # a clip is not its own neighbour
+    z = (clips - mean) / std
+    first = np.sqrt(((z[1:30] - z[0]) ** 2).sum(1)).min()  # clip 0's nearest other source clip
+    nearest_target = np.sqrt(((z[30:] - z[0]) ** 2).sum(1)).min()
+    source_scale = refs.scales[key][0]
+    target_scale = refs.scales[key][-1]
+    assert held_out[0] == pytest.approx(min(first / source_scale, nearest_target / target_scale), rel=1e-4)
