@@ -174,7 +174,9 @@ def cluster(s3_endpoint, tmp_path_factory):
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
                AWS_ENDPOINT_URL=s3_endpoint,
                # a lost node is declared dead after ~3 s instead of ~15 s (Ray's defaults: 3 s x 5 checks)
-               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               # Ray Train's controller looks at its workers every 0.5 s instead of 2 s (conftest.py)
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5")
     nodes = LocalCluster(home, env)
     try:
         with pytest.raises(urllib.error.HTTPError, match="401"):  # the head refuses a request without the token
