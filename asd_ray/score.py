@@ -9,8 +9,8 @@ scores and decisions, never embeddings; Ray Data writes them as Parquet shards u
 ``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
 derives the DCASE files from the shards and writes ``manifest.json`` last.
 
-Hybrid score (the default for a bundle trained with its companion autoencoder; any models with
-``add_bundles``): every model scores every clip in the same actor; each model's score is
+Hybrid score (the default for a bundle trained with companions: the autoencoder and the frame
+statistics; any models with ``add_bundles``): every model scores every clip in the same actor; each model's score is
 standardised per machine and section by the mean and standard deviation of its training clips'
 scores (out of sample: leave-one-out where they are references, held-out folds for Gaussians)
 and the standardised scores are added, so that a fault one detector ignores still raises the
@@ -66,7 +66,8 @@ class ScoreConfig(JobConfig, Tracked):
                                 "(a seeded sample, the same in any order; memory and knn cost grow with it, "
                                 "not with the training set)")
     companions: bool = Field(True, description="add the scores of the models trained beside the bundle's (its "
-                                               "companion autoencoder: the hybrid score); false: the model alone")
+                                               "companion autoencoder and frame statistics: the hybrid score); "
+                                               "false: the model alone")
     add_bundles: list[str] = Field(default_factory=list, description="more models (any method) whose scores are "
                                    "added: each detector's score is normalised per machine and section by its "
                                    "training clips' scores (mean 0, standard deviation 1) and the sum is the score")
