@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from asd_ray.autoencoder import mel_filterbank
@@ -38,6 +38,12 @@ class FrameStatsConfig(BaseModel):
     bands: int = Field(8, ge=1, description="groups of mel bands for the modulation spectrum (divides n_mels)")
     rates: int = Field(32, ge=1, description="modulation spectrum coefficients per group, from 1 cycle per clip")
 
+    @model_validator(mode="after")
+    def _bands_divide_mels(self) -> "FrameStatsConfig":
+        if self.n_mels % self.bands:
+            raise ValueError(f"bands={self.bands} must divide n_mels={self.n_mels}")
+        return self
+
     @property
     def dim(self) -> int:
         return 2 * self.n_mels + self.lags + self.bands * self.rates
@@ -49,8 +55,6 @@ class FrameStats(nn.Module):
     def __init__(self, cfg: FrameStatsConfig | None = None, sample_rate: int = 16000):
         super().__init__()
         self.cfg = cfg = cfg or FrameStatsConfig()
-        if cfg.n_mels % cfg.bands:
-            raise ValueError(f"framestats: bands={cfg.bands} must divide n_mels={cfg.n_mels}")
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel", mel_filterbank(sample_rate, cfg.n_fft, cfg.n_mels), persistent=False)
 

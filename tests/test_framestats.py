@@ -18,6 +18,16 @@ def test_statistics_have_one_size_for_any_clip_length(seconds):
     assert out.shape == (3, cfg.dim) and torch.isfinite(out).all()
 
 
+def test_a_bad_setting_is_refused_when_the_config_is_read():
+    """Before a training job starts, not when it saves the bundle at its end."""
+    from asd_ray.config import ConfigError, load_config
+    from asd_ray.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"framestats: .*bands=5 must divide n_mels=64"):
+        load_config(TrainConfig, None, ["framestats.bands=5"])
+    assert load_config(TrainConfig, None, ["framestats=null"]).framestats is None
+
+
 def clicks(rng: np.random.Generator, n: int, pairs: bool, seconds: float = 4.0) -> np.ndarray:
     """A hum with a click every 0.25 s, or (``pairs``) the same number of clicks in pairs 0.1 s
     apart: the same sounds, only their rhythm differs."""
