@@ -151,7 +151,7 @@ class References:
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
             chunk: int = 1024, device: torch.device | str = "cpu", euclidean: bool = False) -> np.ndarray:
     """Per query row, the minimum of ``(1 - query . vector) / scale`` (with ``euclidean``,
-    ``|query - vector| / scale``) over the reference vectors (float32, exact), leaving out reference
+    ``|query - vector| / scale``) over the reference vectors (float32), leaving out reference
     ``exclude[i]`` for query ``i`` (-1: none). Chunked over the queries: memory is
     ``chunk x references`` however many clips there are."""
     refs = torch.as_tensor(np.asarray(vectors, np.float32), device=device)
@@ -293,8 +293,9 @@ def knn_references(groups: Groups, standardise: bool = False) -> References:
             standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
     for key, domain, vectors, first in _by_section(groups):
         if len(vectors) < 2:
-            raise ValueError(f"references=knn needs at least 2 normal training clips per machine, section and "
-                             f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
+            what = "the frame statistics need" if standardise else "references=knn needs"
+            raise ValueError(f"{what} at least 2 normal training clips per machine, section and domain; "
+                             f"{key[0]} section {key[1]} {domain} has {len(vectors)}")
         if standardise:
             vectors = ((vectors - standard[key][0]) / standard[key][1]).astype(np.float32)
         own = np.arange(len(vectors))

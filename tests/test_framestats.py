@@ -85,3 +85,10 @@ def test_standardised_references_round_trip_and_leave_each_training_clip_out():
     source_scale = refs.scales[key][0]
     target_scale = refs.scales[key][-1]
     assert held_out[0] == pytest.approx(min(first / source_scale, nearest_target / target_scale), rel=1e-4)
+
+
+def test_a_domain_with_one_training_clip_is_refused_with_the_section_named():
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match="the frame statistics need at least 2 .* valve section 00 target has 1"):
+        knn_references({("valve", "00", "source"): rng.normal(size=(5, 3)),
+                        ("valve", "00", "target"): rng.normal(size=(1, 3))}, standardise=True)
