@@ -12,6 +12,7 @@ from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.references import References
 from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.train import TrainConfig, train
+from tiny import tiny_dataset
 
 
 def test_mel_filterbank_and_frame_vectors():
@@ -64,13 +65,7 @@ def test_reconstruction_loss_falls():
 
 @pytest.fixture(scope="module")
 def ae_data(ray_local, tmp_path_factory):
-    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
-
-    out = str(tmp_path_factory.mktemp("baseline") / "data")
-    synthesize(SynthConfig(out=out, clip_seconds=1.0, machines=["fan", "pump"],
-                           counts=Counts(train_source=16, train_target=4, test_normal=4, test_anomaly=4)),
-               progress=False)
-    return out
+    return tiny_dataset(str(tmp_path_factory.mktemp("baseline") / "data"), ["fan", "pump"], 16)
 
 
 def test_autoencoder_trains_and_scores_through_the_same_jobs(ae_data, tmp_path):

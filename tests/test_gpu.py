@@ -20,24 +20,17 @@ import pytest
 import torch
 
 from asd_ray.train import TrainConfig, train
+from tiny import TINY_MODEL, tiny_dataset
 
 ON_CPU = os.environ.get("ASD_GPU_TESTS_ON_CPU") == "1"
 GPU = torch.cuda.is_available() and not ON_CPU
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not (torch.cuda.is_available() or ON_CPU), reason="needs a CUDA device")]
-TINY_MODEL = dict(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
-                  freq_width=8, time_width=8)
 
 
 @pytest.fixture(scope="module")
 def gpu_data(ray_local, tmp_path_factory):
-    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
-
-    out = str(tmp_path_factory.mktemp("gpu") / "data")
-    synthesize(SynthConfig(out=out, clip_seconds=1.0, machines=["fan", "pump"],
-                           counts=Counts(train_source=24, train_target=4, test_normal=6, test_anomaly=6)),
-               progress=False)
-    return out
+    return tiny_dataset(str(tmp_path_factory.mktemp("gpu") / "data"), ["fan", "pump"], 24, test=6)
 
 
 def _cfg(data: str, runs: str, name: str, **kw) -> TrainConfig:

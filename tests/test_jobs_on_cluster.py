@@ -28,13 +28,14 @@ import psutil
 import pytest
 import s3fs
 
-from asd_ray import bundle
 import yaml
+
+from asd_ray import bundle
+from tiny import SMALLEST_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-TINY_MODEL = ("{emb_dim: 16, n_fft: 256, hop_length: 128, fft_channels: [4, 8, 8], spec_channels: [4, 8], "
-              "freq_width: 8, time_width: 8}")
+TINY_MODEL = json.dumps(SMALLEST_MODEL)  # a key=value override: YAML's flow style reads JSON
 
 
 def _free_port() -> int:

@@ -20,9 +20,8 @@ from asd_ray.references import (ClipSample, References, kmeans_references, knn_r
 from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
+from tiny import TINY_MODEL
 
-TINY_MODEL = dict(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
-                  freq_width=8, time_width=8)
 B = "s3://asd-score"
 
 

@@ -14,25 +14,18 @@ from asd_ray import tracking
 from asd_ray.config import ConfigError, load_config
 from asd_ray.sweep import SweepConfig, run_sweep
 from asd_ray.train import TrainConfig, train
+from tiny import SMALLEST_MODEL, tiny_dataset
 
-TINY_MODEL = dict(emb_dim=16, n_fft=256, hop_length=128, fft_channels=[4, 8, 8], spec_channels=[4, 8],
-                  freq_width=8, time_width=8)
 
 
 @pytest.fixture(scope="module")
 def sweep_data(ray_local, tmp_path_factory):
-    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
-
-    out = str(tmp_path_factory.mktemp("sweep") / "data")
-    synthesize(SynthConfig(out=out, clip_seconds=1.0, machines=["fan", "gearbox"],
-                           counts=Counts(train_source=24, train_target=4, test_normal=4, test_anomaly=4)),
-               progress=False)
-    return out
+    return tiny_dataset(str(tmp_path_factory.mktemp("sweep") / "data"), ["fan", "gearbox"], 24)
 
 
 def _sweep(data: str, storage_path: str, name: str, **kw) -> SweepConfig:
     train_cfg = dict(data=data, num_workers=1, cpus_per_worker=0.5, epochs=3, batch_size=8, clip_seconds=1.0,
-                     n_subclusters=2, storage_path=os.path.join(storage_path, "train-runs"), model=TINY_MODEL,
+                     n_subclusters=2, storage_path=os.path.join(storage_path, "train-runs"), model=SMALLEST_MODEL,
                      validation={"ref_clips": 4, "test_clips": 8}, autoencoder_epochs=0)
     fields = dict(name=name, storage_path=storage_path, train=train_cfg, num_samples=3, max_concurrent=1,
                   space={"lr": {"loguniform": [1e-4, 1e-2]}, "mixup_alpha": {"choice": [0.0, 0.2]}},

@@ -10,20 +10,14 @@ import torch
 
 from asd_ray import bundle, storage
 from asd_ray.train import TrainConfig, train
+from tiny import TINY_MODEL, tiny_dataset
 
-TINY_MODEL = dict(emb_dim=32, n_fft=256, hop_length=128, fft_channels=[8, 16, 16], spec_channels=[8, 16],
-                  freq_width=8, time_width=8)
 
 
 @pytest.fixture(scope="module")
 def train_data(ray_local, s3_endpoint):
-    from asd_ray.synth.generate import Counts, SynthConfig, synthesize
-
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="asd-train")
-    synthesize(SynthConfig(out="s3://asd-train/data", clip_seconds=1.0, machines=["fan", "compressor"],
-                           counts=Counts(train_source=48, train_target=8, test_normal=4, test_anomaly=4)),
-               progress=False)
-    return "s3://asd-train/data"
+    return tiny_dataset("s3://asd-train/data", ["fan", "compressor"], 48, train_target=8)
 
 
 def _cfg(data: str, name: str, **kw) -> TrainConfig:
