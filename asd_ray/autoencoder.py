@@ -43,6 +43,14 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
 
 
+def mel_power(wave: torch.Tensor, window: torch.Tensor, mel: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """``(batch, n_mels, frames)`` mel-band power of waveforms, in float32 even under autocast (FFTs
+    and the logs taken of it need the range); ``window``'s length is the FFT size."""
+    with torch.autocast(wave.device.type, enabled=False):
+        spec = torch.stft(wave.float(), len(window), hop_length, window=window, return_complex=True).abs() ** 2
+        return mel @ spec
+
+
 class MelAutoEncoder(nn.Module):
     """Waveforms ``(batch, samples)`` -> mean squared reconstruction error per clip ``(batch,)``."""
 
@@ -64,10 +72,7 @@ class MelAutoEncoder(nn.Module):
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """``(batch, vectors, n_mels * frames)``: log-mel frames stacked ``frames`` at a time."""
-        with torch.autocast(wave.device.type, enabled=False):
-            spec = torch.stft(wave.float(), self.cfg.n_fft, self.cfg.hop_length, window=self.window,
-                              return_complex=True).abs() ** 2
-            logmel = 10.0 * torch.log10(self.mel @ spec + 1e-10)  # (batch, n_mels, time)
+        logmel = 10.0 * torch.log10(mel_power(wave, self.window, self.mel, self.cfg.hop_length) + 1e-10)
         vectors = logmel.unfold(2, self.cfg.frames, 1)  # (batch, n_mels, time - frames + 1, frames)
         return vectors.permute(0, 2, 3, 1).flatten(2)  # frame-major, as the baseline's vectors
 

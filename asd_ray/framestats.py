@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from asd_ray.autoencoder import mel_filterbank
+from asd_ray.autoencoder import mel_filterbank, mel_power
 
 
 class FrameStatsConfig(BaseModel):
@@ -61,11 +61,10 @@ class FrameStats(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         with torch.autocast(wave.device.type, enabled=False):
-            power = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, window=self.window,
-                               return_complex=True).abs() ** 2
-            logmel = 10.0 * torch.log10(self.mel @ power + 1e-10)  # (batch, n_mels, frames)
+            power = mel_power(wave, self.window, self.mel, cfg.hop_length)  # (batch, n_mels, frames)
+            logmel = 10.0 * torch.log10(power + 1e-10)
             frames = logmel.shape[-1]
-            envelope = torch.log10((self.mel @ power).sum(1) + 1e-10)
+            envelope = torch.log10(power.sum(1) + 1e-10)
             envelope = envelope - envelope.mean(-1, keepdim=True)
             spectrum = torch.fft.rfft(envelope, n=2 * frames)  # zero-padded: a linear, not circular, correlation
             corr = torch.fft.irfft(spectrum.abs() ** 2, n=2 * frames)[:, :frames]
