@@ -9,7 +9,12 @@ Per clip, in torch on the scoring device (float32):
 - the autocorrelation of the broadband energy envelope at lags of 1 to ``lags`` frames: the
   rhythm of events (a belt joint slapping twice, a stroke that comes late);
 - the modulation spectrum of ``bands`` groups of bands: the log magnitude of the envelope's
-  Fourier coefficients 1 to ``rates`` (cycles per clip), how fast each part of the spectrum beats.
+  Fourier coefficients 1 to ``rates`` (cycles per clip), how fast each part of the spectrum beats;
+- the cepstrum of the clip's mean power spectrum (``cepstrum_n_fft`` points, coefficients 1 to
+  ``cepstrum``): the families of harmonics and their spacing (a rotation rate, a line frequency
+  and its harmonics, a whine's sidebands), which 64 mel bands blur. Chosen on the tune suite
+  (README, Quality: the statistics alone 85.7 without it, 94.5 with 1,600 coefficients) and
+  confirmed on the confirm suite (80.8 -> 88.2).
 
 Each is standardised per machine and section by its normal training clips, and a clip's score is
 its Euclidean distance to the nearest of them, per domain divided by that domain's median
@@ -37,16 +42,21 @@ class FrameStatsConfig(BaseModel):
     lags: int = Field(96, ge=1, description="envelope autocorrelation lags, in frames")
     bands: int = Field(8, ge=1, description="groups of mel bands for the modulation spectrum (divides n_mels)")
     rates: int = Field(32, ge=1, description="modulation spectrum coefficients per group, from 1 cycle per clip")
+    cepstrum_n_fft: int = Field(4096, ge=64, description="FFT size of the mean power spectrum the cepstrum is of")
+    cepstrum: int = Field(1600, ge=0, description="cepstral coefficients, from quefrency 1 sample; 0: none")
 
     @model_validator(mode="after")
-    def _bands_divide_mels(self) -> "FrameStatsConfig":
+    def _sizes_fit(self) -> "FrameStatsConfig":
         if self.n_mels % self.bands:
             raise ValueError(f"bands={self.bands} must divide n_mels={self.n_mels}")
+        if self.cepstrum > self.cepstrum_n_fft // 2:
+            raise ValueError(f"cepstrum={self.cepstrum} coefficients need cepstrum_n_fft >= {2 * self.cepstrum} "
+                             f"(is {self.cepstrum_n_fft})")
         return self
 
     @property
     def dim(self) -> int:
-        return 2 * self.n_mels + self.lags + self.bands * self.rates
+        return 2 * self.n_mels + self.lags + self.bands * self.rates + self.cepstrum
 
 
 class FrameStats(nn.Module):
@@ -57,6 +67,7 @@ class FrameStats(nn.Module):
         self.cfg = cfg = cfg or FrameStatsConfig()
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel", mel_filterbank(sample_rate, cfg.n_fft, cfg.n_mels), persistent=False)
+        self.register_buffer("cepstrum_window", torch.hann_window(cfg.cepstrum_n_fft), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -74,4 +85,11 @@ class FrameStats(nn.Module):
             groups = groups - groups.mean(-1, keepdim=True)
             rates = torch.fft.rfft(groups, n=max(frames, 2 * cfg.rates), dim=-1).abs()[:, :, 1:cfg.rates + 1]
             return torch.cat([logmel.mean(-1), logmel.std(-1), corr,
-                              torch.log10(rates + 1e-6).flatten(1)], dim=1)
+                              torch.log10(rates + 1e-6).flatten(1), self.cepstrum_of(wave)], dim=1)
+
+    def cepstrum_of(self, wave: torch.Tensor) -> torch.Tensor:
+        """Coefficients 1 to ``cepstrum`` of the real cepstrum of the mean power spectrum (float32)."""
+        n_fft = self.cfg.cepstrum_n_fft
+        spec = torch.stft(wave.float(), n_fft, n_fft // 4, window=self.cepstrum_window, return_complex=True)
+        mean_power = (spec.abs() ** 2).mean(-1)
+        return torch.fft.irfft(torch.log(mean_power + 1e-10), n=n_fft, dim=-1)[:, 1:self.cfg.cepstrum + 1]

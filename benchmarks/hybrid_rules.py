@@ -11,6 +11,7 @@ clips' scores, then combined by each rule; prints the official score and per mac
 import argparse
 
 import numpy as np
+from scipy.special import logsumexp
 
 from asd_ray import metrics, storage
 from asd_ray.references import References
@@ -25,7 +26,7 @@ RULES = {
     "sum of max(z, -1)": lambda z: np.maximum(z, -1).sum(0),
     "max": lambda z: z.max(0),
     "sum of the top 2": lambda z: np.sort(z, 0)[1:].sum(0),
-    "log-sum-exp": lambda z: np.log(np.exp(z).sum(0)),
+    "log-sum-exp": lambda z: logsumexp(z, axis=0),  # scipy's: z can be large enough to overflow exp
     "sum of log1p(max(z, 0))": lambda z: np.log1p(np.maximum(z, 0)).sum(0),
     "sum of sqrt(max(z, 0))": lambda z: np.sqrt(np.maximum(z, 0)).sum(0),
     "sum of max(z, 0)^2": lambda z: (np.maximum(z, 0) ** 2).sum(0),

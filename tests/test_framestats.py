@@ -25,6 +25,9 @@ def test_a_bad_setting_is_refused_when_the_config_is_read():
 
     with pytest.raises(ConfigError, match=r"framestats: .*bands=5 must divide n_mels=64"):
         load_config(TrainConfig, None, ["framestats.bands=5"])
+    with pytest.raises(ConfigError, match=r"cepstrum=3000 coefficients need cepstrum_n_fft >= 6000 \(is 4096\)"):
+        load_config(TrainConfig, None, ["framestats.cepstrum=3000"])
+    assert load_config(TrainConfig, None, ["framestats.cepstrum=0"]).framestats.dim == 480
     assert load_config(TrainConfig, None, ["framestats=null"]).framestats is None
 
 
@@ -62,6 +65,35 @@ def test_a_fault_that_changes_only_the_rhythm_of_events_scores_higher():
 
     assert auc(slice(None)) > 0.95
     assert auc(slice(0, 2 * model.cfg.n_mels)) < 0.75  # the bands' mean and spread alone barely see it
+
+
+def hum(rng: np.random.Generator, n: int, interharmonics: bool, seconds: float = 2.0) -> np.ndarray:
+    """Harmonics of 120 Hz with random levels and phases in noise, or (``interharmonics``) with
+    weak components at the odd multiples of 60 Hz between them as well: a new family of harmonics
+    (a half-rate rotation, a DC-biased core) about 20 dB below the old one."""
+    t = np.arange(int(seconds * SR)) / SR
+    out = []
+    for _ in range(n):
+        wave = 0.02 * rng.normal(size=t.size)
+        for k in range(1, 30):
+            wave += 0.1 / k * rng.uniform(0.7, 1.3) * np.sin(2 * np.pi * 120 * k * t + rng.uniform(0, 6.3))
+            if interharmonics:
+                wave += 0.01 / k * np.sin(2 * np.pi * 60 * (2 * k - 1) * t + rng.uniform(0, 6.3))
+        out.append(wave)
+    return np.stack(out).astype(np.float32)
+
+
+def test_a_new_family_of_harmonics_is_seen_by_the_cepstrum():
+    rng = np.random.default_rng(3)
+    model = FrameStats()
+    with torch.no_grad():
+        features = {name: model(torch.from_numpy(hum(rng, n, fault))).numpy()
+                    for name, n, fault in (("train", 30, False), ("normal", 15, False), ("fault", 15, True))}
+    cepstrum = slice(model.cfg.dim - model.cfg.cepstrum, None)
+    refs = knn_references({("transformer", "00", "source"): features["train"][:, cepstrum]}, standardise=True)
+    scores = refs.score("transformer", "00", np.concatenate([features["normal"][:, cepstrum],
+                                                             features["fault"][:, cepstrum]]))
+    assert roc_auc_score([0] * 15 + [1] * 15, scores) > 0.95
 
 
 def test_standardised_references_round_trip_and_leave_each_training_clip_out():
