@@ -11,16 +11,14 @@ scores as ``benchmarks/hybrid_rules.py`` reads them, summed with it as the hybri
 """
 
 import argparse
-import glob
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from asd_ray import storage
+from asd_ray import schema, shards, storage
 from asd_ray.config import load_config
 from asd_ray.framestats import FrameStats, FrameStatsConfig
-from asd_ray.references import knn_references, section_clips
+from asd_ray.references import group_embeddings, knn_references, section_clips
 
 from hybrid_rules import evaluate, standardised
 
@@ -28,11 +26,11 @@ META = ("clip_id", "machine", "section", "domain")
 
 
 def clips(data: str, split: str) -> tuple[dict[str, list], np.ndarray]:
-    """A split's clips, meta columns (and sample rate) and int16 audio; a quality suite is small
-    enough to hold."""
+    """A split's clips, meta columns (and sample rate) and int16 audio, from its live shards; a
+    quality suite is small enough to hold."""
     meta, audio = {c: [] for c in (*META, "sample_rate")}, []
-    for path in sorted(glob.glob(f"{data}/split={split}/*/*.parquet")):
-        table = pq.read_table(path, columns=[*META, "sample_rate", "audio"]).to_pydict()
+    for url in shards.list_shards(data, split=split):
+        table = shards.read_shard(url, columns=[*meta, "audio"]).to_pydict()
         for c in meta:
             meta[c] += table[c]
         audio += [np.frombuffer(raw, "<i2") for raw in table["audio"]]
@@ -41,19 +39,19 @@ def clips(data: str, split: str) -> tuple[dict[str, list], np.ndarray]:
 
 def statistics(model: FrameStats, audio: np.ndarray, batch: int = 64) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(audio[a:a + batch].astype(np.float32) / 32768.0)).numpy()
-                               for a in range(0, len(audio), batch)])
+        return np.concatenate([model(torch.from_numpy(pcm.astype(np.float32) / schema.PCM16_FULL_SCALE)).numpy()
+                               for pcm in np.split(audio, range(batch, len(audio), batch))])
 
 
 def detector_z(train: dict, train_x: np.ndarray, test: dict, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Test scores, and the same standardised by the section's training-clip scores (the hybrid's norms)."""
-    keys = list(zip(train["machine"], train["section"], train["domain"]))
-    groups = {g: train_x[[i for i, k in enumerate(keys) if k == g]] for g in sorted(set(keys))}
+    groups = group_embeddings(train_x, *(np.array(train[c]) for c in ("machine", "section", "domain")))
     refs = knn_references(groups, standardise=True)
     score, z = np.zeros(len(test_x)), np.zeros(len(test_x))
     sections = np.array([f"{m}|{s}" for m, s in zip(test["machine"], test["section"])])
     for key in refs.vectors:
         own = refs.training_scores(key, section_clips(groups, key))
+        own = own[np.isfinite(own)]  # as asd-ray score's norms
         at = sections == "|".join(key)
         score[at] = refs.score(*key, test_x[at])
         z[at] = (score[at] - own.mean()) / (own.std() + 1e-12)
