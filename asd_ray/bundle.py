@@ -5,7 +5,8 @@
 ``<url>/bundle.json``  format version, model config, label map, sample rate, clip length, training
                        summary, companions; written last, so a bundle without it is incomplete and refused
 ``<url>/autoencoder/`` the companions: the autoencoder baseline trained beside a dual-stream model
-``<url>/framestats/``  and the frame-statistics detector (bundles of their own), whose scores
+``<url>/framestats/``  the frame-statistics detector,
+``<url>/tonal/``       and the spectral line alarms (bundles of their own), whose scores
                        ``asd-ray score`` adds (the hybrid score)
 """
 
@@ -26,20 +27,23 @@ from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
 from asd_ray.storage import StorageOptions
+from asd_ray.tonal import TonalConfig, TonalSpectrum
 
 BUNDLE_VERSION = 2
 AUTOENCODER_COMPANION = "autoencoder"  # the folder, inside a dual-stream bundle, of the autoencoder trained beside it
-FRAMESTATS_COMPANION = "framestats"  # and of its frame-statistics detector
+FRAMESTATS_COMPANION = "framestats"  # of its frame-statistics detector
+TONAL_COMPANION = "tonal"  # and of its spectral line alarms
 # what version-1 bundles, written before these model options existed, were trained with
 V1_MODEL = {"fft_magnitude": "log", "level_norm": False, "spec_mean_norm": False}
 
 
 class BundleInfo(BaseModel):
     version: int = BUNDLE_VERSION
-    method: Literal["scadacos", "autoencoder", "framestats"] = "scadacos"
+    method: Literal["scadacos", "autoencoder", "framestats", "tonal"] = "scadacos"
     model: ModelConfig
     autoencoder: AEConfig = AEConfig()
     framestats: FrameStatsConfig = FrameStatsConfig()
+    tonal: TonalConfig = TonalConfig()
     labels: LabelMap
     n_subclusters: int
     sample_rate: int
@@ -71,12 +75,14 @@ def load_weights(data: bytes, source: str) -> dict:
 
 
 def build(info: BundleInfo) -> tuple[torch.nn.Module, SubClusterAdaCos | None]:
-    """The model and its loss head (None for the autoencoder baseline and the frame statistics,
-    which score by themselves)."""
+    """The model and its loss head (None for the autoencoder baseline, the frame statistics and the
+    tonal detector, which score by themselves)."""
     if info.method == "autoencoder":
         return MachineAutoEncoders(info.machines, info.autoencoder, info.sample_rate), None
     if info.method == "framestats":
         return FrameStats(info.framestats, info.sample_rate), None
+    if info.method == "tonal":
+        return TonalSpectrum(info.tonal, info.sample_rate), None
     return DualStreamNet(info.model), SubClusterAdaCos(info.model.emb_dim, len(info.labels), info.n_subclusters)
 
 
@@ -88,9 +94,8 @@ def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOpti
 
 def load_bundle(url: str, options: StorageOptions | None = None,
                 device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SubClusterAdaCos | None, BundleInfo]:
-    """The model (eval mode), its loss head (for class probabilities; None for the autoencoder and
-    the frame statistics)
-    and the bundle's info."""
+    """The model (eval mode), its loss head (for class probabilities; None for the detectors that
+    score by themselves) and the bundle's info."""
     meta_url = storage.join(url, "bundle.json")
     if not storage.exists(meta_url, options):
         raise BundleError(f"{url}: no bundle.json - not a model bundle, or an incomplete one")

@@ -90,6 +90,8 @@ class FrameStats(nn.Module):
     def cepstrum_of(self, wave: torch.Tensor) -> torch.Tensor:
         """Coefficients 1 to ``cepstrum`` of the real cepstrum of the mean power spectrum (float32)."""
         n_fft = self.cfg.cepstrum_n_fft
+        if not self.cfg.cepstrum:  # none asked for: no FFT to take
+            return wave.new_zeros(len(wave), 0, dtype=torch.float32)
         spec = torch.stft(wave.float(), n_fft, n_fft // 4, window=self.cepstrum_window, return_complex=True)
         mean_power = (spec.abs() ** 2).mean(-1)
         return torch.fft.irfft(torch.log(mean_power + 1e-10), n=n_fft, dim=-1)[:, 1:self.cfg.cepstrum + 1]

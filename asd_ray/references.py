@@ -12,7 +12,8 @@ source and the few target clips share one scale (cosine distances of unit-norm e
 frame statistics, Euclidean distances of the vectors standardised by the section's training
 clips, ``standardise=True``). For the autoencoder baseline: its reconstruction
 error, or the Mahalanobis distance of its mean error vector to a Ledoit-Wolf Gaussian per domain.
-A clip's score is the minimum over both domains' references. Distances run in torch on the
+``alarm`` (the tonal detector): the largest standardised rise of any dimension above a domain's
+mean. A clip's score is the minimum over both domains' references. Distances run in torch on the
 device given (the scoring actor's GPU where it has one), in chunks of queries, so memory is chunk
 x references, never references x references.
 """
@@ -67,14 +68,16 @@ class ClipSample:
 
 class References:
     """Reference vectors per (machine, section), each tagged with its domain and a distance scale
-    (1 except for ``knn``); Gaussians (``precisions``) for the autoencoder's Mahalanobis score.
+    (1 except for ``knn`` and ``alarm``); Gaussians (``precisions``) for the autoencoder's Mahalanobis score.
 
     With ``standard`` (per section, the training clips' mean and standard deviation ``(2, dim)``),
-    vectors are standardised by it and compared by Euclidean distance (the frame statistics).
+    vectors are standardised by it and compared by Euclidean distance (the frame statistics), or
+    with ``meta["method"] == "alarm"`` by their largest rise above each domain's mean (the tonal
+    detector).
 
     Fit time only, not saved: ``origins`` gives, for a reference that is itself a training clip,
     that clip's index among the section's kept training clips (source first), else -1;
-    ``held_out`` the Gaussians' out-of-sample scores of those clips."""
+    ``held_out`` the Gaussians' (and the alarms') out-of-sample scores of those clips."""
 
     def __init__(self, vectors: dict[Key, np.ndarray], domains: dict[Key, np.ndarray],
                  thresholds: dict[Key, float] | None = None, meta: dict | None = None,
@@ -95,6 +98,8 @@ class References:
             return emb[:, 0].astype(np.float64)
         if self.precisions is not None:
             return mahalanobis(emb[:, 1:], self.vectors[key], self.precisions[key], device)
+        if self.meta.get("method") == "alarm":
+            return alarms(self.standardised(key, emb), self.vectors[key], self.scales[key], device=device)
         return nearest(self.standardised(key, emb), self.vectors[key], self.scales[key], device=device,
                        euclidean=self.standard is not None)
 
@@ -305,6 +310,59 @@ def knn_references(groups: Groups, standardise: bool = False) -> References:
     refs = _references(parts)
     refs.standard = standard or None
     return refs
+
+
+def alarm_references(groups: Groups) -> References:
+    """Spectral line alarms (the tonal detector): per (machine, section, domain) the mean of its
+    normal clips' vectors, each dimension standardised by the section's normal clips; a clip's
+    alarm is its largest rise above a domain's mean, divided by that domain's median leave-one-out
+    alarm (its own clips' alarms against the mean of the others), the smaller over the domains.
+    The training scores are out of sample the same way (``held_out``)."""
+    parts, standard, held_out = defaultdict(list), {}, defaultdict(list)
+    for key in sorted({(m, s) for m, s, _ in groups}):
+        clips = section_clips(groups, key).astype(np.float64)
+        standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
+    fitted = []
+    for key, domain, vectors, _ in _by_section(groups):
+        if len(vectors) < 2:
+            raise ValueError(f"the tonal detector needs at least 2 normal training clips per machine, section and "
+                             f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
+        x = (vectors - standard[key][0]) / standard[key][1]
+        # clip i against the mean of the others: (n * mean - x_i) / (n - 1)
+        loo = rise(x, (len(x) * x.mean(axis=0) - x) / (len(x) - 1))
+        scale = max(float(np.median(loo)), 1e-6)
+        parts[key].append((domain, x.mean(axis=0, keepdims=True).astype(np.float32), np.full(1, scale),
+                           np.full(1, -1)))
+        fitted.append((key, domain, x, loo / scale))
+    refs = _references(parts)
+    refs.standard, refs.meta = standard, {"method": "alarm"}
+    for key, domain, x, own in fitted:
+        others = refs.domains[key] != domain
+        other = alarms(x, refs.vectors[key][others], refs.scales[key][others])
+        held_out[key].append(np.minimum(own, other))
+    refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
+    return refs
+
+
+def rise(x: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per row, the largest rise of ``x`` above ``means`` (a row each, or one for all rows)."""
+    return np.max(x - means, axis=1)
+
+
+def alarms(queries: np.ndarray, means: np.ndarray, scales: np.ndarray, chunk: int = 1024,
+           device: torch.device | str = "cpu") -> np.ndarray:
+    """Per query row, the minimum over the reference rows of ``max(query - mean) / scale`` (float32,
+    chunked over the queries; inf without references)."""
+    refs = torch.as_tensor(np.asarray(means, np.float32), device=device)
+    scale = torch.as_tensor(np.asarray(scales, np.float32), device=device)
+    out = np.full(len(queries), np.inf)
+    if not len(refs):
+        return out
+    for a in range(0, len(queries), chunk):
+        q = torch.as_tensor(np.asarray(queries[a:a + chunk], np.float32), device=device)
+        rises = (q[:, None, :] - refs[None]).amax(dim=2) / scale
+        out[a:a + chunk] = rises.min(dim=1).values.double().cpu().numpy()
+    return out
 
 
 def group_embeddings(emb: np.ndarray, machines: np.ndarray, sections: np.ndarray, domains: np.ndarray) -> Groups:

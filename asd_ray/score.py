@@ -9,13 +9,14 @@ scores and decisions, never embeddings; Ray Data writes them as Parquet shards u
 ``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
 derives the DCASE files from the shards and writes ``manifest.json`` last.
 
-Hybrid score (the default for a bundle trained with companions: the autoencoder and the frame
-statistics; any models with ``add_bundles``): every model scores every clip in the same actor; each model's score is
-standardised per machine and section by the mean and standard deviation of its training clips'
-scores (out of sample: leave-one-out where they are references, held-out folds for Gaussians)
-and the standardised scores are added, so that a fault one detector ignores still raises the
-sum. Thresholds: a normal distribution fitted to the summed training scores (a single model: a
-gamma distribution, as the DCASE baseline does), at ``decision_percentile``.
+Hybrid score (the default for a bundle trained with companions: the autoencoder, the frame
+statistics and the spectral line alarms; any models with ``add_bundles``): every model scores
+every clip in the same actor; each model's score is standardised per machine and section by the
+mean and standard deviation of its training clips' scores (out of sample: leave-one-out where
+they are references, held out of the Gaussians and the alarms' means) and the standardised
+scores are added, so that a fault one detector ignores still raises the sum. Thresholds: a normal
+distribution fitted to the summed training scores (a single model: a gamma distribution, as the
+DCASE baseline does), at ``decision_percentile``.
 
 Test clips need no domain or label (the everyday case: new recordings, the DCASE evaluation
 set); those stay null in the outputs.
@@ -41,11 +42,12 @@ from asd_ray.framestats import FrameStats
 from asd_ray.heap import release_freed_memory
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.model import autocast
-from asd_ray.references import (ClipSample, Groups, References, centroid_references, check_finite,
-                                kmeans_references, knn_references, mahalanobis_references,
+from asd_ray.references import (ClipSample, Groups, References, alarm_references, centroid_references,
+                                check_finite, kmeans_references, knn_references, mahalanobis_references,
                                 reconstruction_references, section_clips)
 from asd_ray.score_output import META, finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
+from asd_ray.tonal import TonalSpectrum
 from asd_ray.tracking import Tracked
 
 __all__ = ["ScoreConfig", "run_score", "read_scores", "Embedder", "fit_references"]
@@ -66,8 +68,8 @@ class ScoreConfig(JobConfig, Tracked):
                                 "(a seeded sample, the same in any order; memory and knn cost grow with it, "
                                 "not with the training set)")
     companions: bool = Field(True, description="add the scores of the models trained beside the bundle's (its "
-                                               "companion autoencoder and frame statistics: the hybrid score); "
-                                               "false: the model alone")
+                                               "companion autoencoder, frame statistics and line alarms: the "
+                                               "hybrid score); false: the model alone")
     add_bundles: list[str] = Field(default_factory=list, description="more models (any method) whose scores are "
                                    "added: each detector's score is normalised per machine and section by its "
                                    "training clips' scores (mean 0, standard deviation 1) and the sum is the score")
@@ -110,7 +112,7 @@ class Embedder:
 
     Without references, one vector per clip and model out: unit-norm embeddings, or for the
     autoencoder baseline its mean squared error followed by its mean error vector, for the frame
-    statistics the statistics themselves. With
+    statistics and the tonal detector their vectors. With
     ``references`` (an object reference to the fitted ``References`` of every model, as bytes),
     each clip's score and decision out instead, or the reason it has none."""
 
@@ -129,7 +131,7 @@ class Embedder:
             for k, model in enumerate(self.models):
                 if isinstance(model, MachineAutoEncoders):
                     emb = model.score_features(wave, model.index(batch["machine"]).to(self.device)).float()
-                elif isinstance(model, FrameStats):
+                elif isinstance(model, (FrameStats, TonalSpectrum)):
                     emb = model(wave)
                 else:
                     emb = F.normalize(model(wave).float(), dim=1)
@@ -212,6 +214,8 @@ def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) 
         return reconstruction_references({(m, s) for m, s, _ in groups})
     if info.method == "framestats":
         return knn_references(groups, standardise=True)
+    if info.method == "tonal":
+        return alarm_references(groups)
     if cfg.references == "centroid":
         return centroid_references(groups)
     if cfg.references == "kmeans":
@@ -224,6 +228,8 @@ def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
         return "reconstruction" if cfg.autoencoder_score == "mse" else "mahalanobis"
     if info.method == "framestats":
         return "framestats"
+    if info.method == "tonal":
+        return "alarm"
     return cfg.references
 
 
@@ -263,11 +269,18 @@ def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sam
         per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
         scores = per_model[0]
         if len(refs) > 1:
-            norms = [(float(np.mean(x[np.isfinite(x)])), float(np.std(x[np.isfinite(x)]) + 1e-12)) for x in per_model]
+            norms = [section_norm(x) for x in per_model]
             refs[0].meta["norms"]["|".join(key)] = norms
             scores = sum((x - mu) / sd for x, (mu, sd) in zip(per_model, norms))
         refs[0].thresholds[key] = threshold(scores, cfg.decision_percentile, normal=len(refs) > 1, key=key)
     return refs
+
+
+def section_norm(training_scores: np.ndarray) -> tuple[float, float]:
+    """A detector's normaliser for one section in the hybrid: the mean and standard deviation of its
+    training clips' (out-of-sample) scores, over the finite ones (a lone clip's Gaussian score is inf)."""
+    finite = training_scores[np.isfinite(training_scores)]
+    return float(np.mean(finite)), float(np.std(finite) + 1e-12)
 
 
 def threshold(scores: np.ndarray, percentile: float, normal: bool, key: tuple[str, str]) -> float:

@@ -34,6 +34,7 @@ from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import ModelConfig, autocast
 from asd_ray.schema import PCM16_FULL_SCALE
 from asd_ray.storage import StorageOptions
+from asd_ray.tonal import TonalConfig
 from asd_ray.tracking import Tracked
 from asd_ray.train_input import ReadSettings, ingest_options, training_dataset
 from asd_ray.validate import ValidationConfig, load_validation, validation_score
@@ -46,7 +47,7 @@ RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", 
              "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
              "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
              "autoencoder_epochs", "progress_s", "tracking", "tracking_uri", "experiment",
-             "ensemble", "framestats"}
+             "ensemble", "framestats", "tonal"}
 # settings that runs recorded before the setting existed were trained with
 LEGACY_SETTINGS = {"class_domain": False}
 
@@ -107,6 +108,9 @@ class TrainConfig(JobConfig, Tracked):
                                                 "statistics detector (nothing to train) saved beside the model in "
                                                 "<bundle>/framestats; asd-ray score adds its normalised score (the "
                                                 "hybrid score). null: none")
+    tonal: TonalConfig | None = Field(TonalConfig(), description="method=scadacos: the spectral line alarms "
+                                      "(nothing to train) saved beside the model in <bundle>/tonal; asd-ray score "
+                                      "adds their normalised score (the hybrid score). null: none")
     model: ModelConfig = ModelConfig()
     autoencoder: AEConfig = AEConfig()
     storage: StorageOptions = StorageOptions()
@@ -395,11 +399,14 @@ def train(cfg: TrainConfig) -> dict:
               flush=True)
         summary["companions"][folder], c_info, c_weights = _fit(companion, labels)
         bundle.save_bundle(companion.bundle_url, c_info, c_weights, cfg.storage)
-    if cfg.method == "scadacos" and cfg.framestats is not None:  # a companion with no weights: nothing to train
-        url = storage.join(cfg.bundle_url, bundle.FRAMESTATS_COMPANION)
-        fs_info = info.model_copy(update={"method": "framestats", "framestats": cfg.framestats, "training": {}})
-        bundle.save_bundle(url, fs_info, bundle.weights_bytes(bundle.build(fs_info)[0], None), cfg.storage)
-        summary["companions"][bundle.FRAMESTATS_COMPANION] = {"bundle": url}
+    untrained = {bundle.FRAMESTATS_COMPANION: ("framestats", cfg.framestats),
+                 bundle.TONAL_COMPANION: ("tonal", cfg.tonal)}
+    for folder, (method, settings) in untrained.items():  # companions with no weights: nothing to train
+        if cfg.method == "scadacos" and settings is not None:
+            url = storage.join(cfg.bundle_url, folder)
+            c_info = info.model_copy(update={"method": method, method: settings, "training": {}})
+            bundle.save_bundle(url, c_info, bundle.weights_bytes(bundle.build(c_info)[0], None), cfg.storage)
+            summary["companions"][folder] = {"bundle": url}
     bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(summary["companions"])}), weights,
                        cfg.storage)
     return summary

@@ -18,8 +18,10 @@ from asd_ray.references import References
 from asd_ray.score import read_scores
 
 # quality.py's systems by folder: the dual-stream model alone, the autoencoder (Mahalanobis), the
-# frame statistics, and the hybrid of the three (whose references hold the normalisers, in that order)
-DETECTORS, HYBRID = ("0", "2", "3"), "5"
+# frame statistics, the line alarms, and the hybrid of the four (whose references hold the normalisers,
+# in that order); a run of quality.py from before the line alarms (up to the thirteenth session): the
+# first three and the hybrid of those
+LAYOUTS = ((("0", "2", "3", "4"), "7"), (("0", "2", "3"), "5"))
 RULES = {
     "sum": lambda z: z.sum(0),
     "sum of max(z, 0)": lambda z: np.maximum(z, 0).sum(0),
@@ -34,10 +36,14 @@ RULES = {
 
 
 def standardised(run: str) -> tuple[dict, np.ndarray]:
-    tables = [read_scores(storage.join(run, d)).to_pydict() for d in DETECTORS]
+    """The test clips' table and every detector's standardised scores ``(detectors, clips)``: the
+    dual-stream model, the autoencoder, the frame statistics (and the line alarms)."""
+    detectors, hybrid = next(((d, h) for d, h in LAYOUTS if storage.exists(storage.join(run, h, "manifest.json"))),
+                             LAYOUTS[0])
+    tables = [read_scores(storage.join(run, d)).to_pydict() for d in detectors]
     if any(t["clip_id"] != tables[0]["clip_id"] for t in tables):
         raise ValueError(f"{run}: the systems scored different clips")
-    norms = References.from_bytes(storage.read_bytes(storage.join(run, HYBRID, "references.npz"))).meta["norms"]
+    norms = References.from_bytes(storage.read_bytes(storage.join(run, hybrid, "references.npz"))).meta["norms"]
     keys = [f"{m}|{s}" for m, s in zip(tables[0]["machine"], tables[0]["section"])]
     z = np.array([[(score - norms[key][k][0]) / norms[key][k][1] for score, key in zip(t["score"], keys)]
                   for k, t in enumerate(tables)])

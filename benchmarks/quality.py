@@ -23,7 +23,7 @@ import time
 from sklearn.metrics import roc_auc_score
 
 from asd_ray import storage
-from asd_ray.bundle import AUTOENCODER_COMPANION, FRAMESTATS_COMPANION
+from asd_ray.bundle import AUTOENCODER_COMPANION, FRAMESTATS_COMPANION, TONAL_COMPANION
 from asd_ray.cluster import ensure_ray
 from asd_ray.config import load_config
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
@@ -82,14 +82,18 @@ def main() -> None:
     t0 = time.time()
     main = train(cfg)["bundle"]
     seconds = {f"train {cfg.name} (with its autoencoder)": time.time() - t0}
-    ae, frames = storage.join(main, AUTOENCODER_COMPANION), storage.join(main, FRAMESTATS_COMPANION)
-    systems = {  # label: scoring settings
+    ae, frames, tonal = (storage.join(main, c) for c in (AUTOENCODER_COMPANION, FRAMESTATS_COMPANION, TONAL_COMPANION))
+    systems = {  # label: scoring settings (benchmarks/hybrid_rules.py reads the folders by this order)
         "dual-stream SCAdaCos": dict(bundle=main, companions=False),
         "autoencoder (MSE)": dict(bundle=ae, autoencoder_score="mse"),
         "autoencoder (Mahalanobis)": dict(bundle=ae, autoencoder_score="mahalanobis"),
         "frame statistics (kNN)": dict(bundle=frames),
+        "line alarms": dict(bundle=tonal),
         "dual-stream + autoencoder (Mahalanobis)": dict(bundle=main, companions=False, add_bundles=[ae]),
-        "hybrid (default): dual-stream + autoencoder (Mahalanobis) + frame statistics": dict(bundle=main),
+        "dual-stream + autoencoder (Mahalanobis) + frame statistics": dict(bundle=main, companions=False,
+                                                                          add_bundles=[ae, frames]),
+        "hybrid (default): dual-stream + autoencoder (Mahalanobis) + frame statistics + line alarms":
+            dict(bundle=main),
     }
     results, tables = {}, {}
     for i, (label, fields) in enumerate(systems.items()):

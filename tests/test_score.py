@@ -34,7 +34,7 @@ def trained(ray_local, s3_endpoint):
     synthesize(SynthConfig(out=f"{B}/fan-only", clip_seconds=1.0, machines=["fan"], counts=counts), progress=False)
     result = train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="m", epochs=2, batch_size=8,
                                clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1,
-                               autoencoder_epochs=0, framestats=None))  # the dual-stream model alone
+                               autoencoder_epochs=0, framestats=None, tonal=None))  # the dual-stream model alone
     return result["bundle"]
 
 
@@ -49,33 +49,35 @@ def hybrid(trained):
 
 def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybrid):
     """By default a model trained with companions (an ensemble member, the autoencoder, the frame
-    statistics) scores with all of them: each model's score standardised by its training clips'
-    scores of that machine and section, then added; thresholds from the summed training scores."""
+    statistics, the line alarms) scores with all of them: each model's score standardised by its
+    training clips' scores of that machine and section, then added; thresholds from the summed
+    training scores."""
     main = hybrid["bundle"]
-    member, companion, frames = (hybrid["companions"][c]["bundle"] for c in ("member-1", "autoencoder", "framestats"))
-    assert (member, companion, frames) == (f"{main}/member-1", f"{main}/autoencoder", f"{main}/framestats")
-    assert bundle.load_bundle(main)[2].companions == ["member-1", "autoencoder", "framestats"]
-    assert bundle.load_bundle(companion)[2].method == "autoencoder"
-    assert bundle.load_bundle(frames)[2].method == "framestats"
+    names = ["member-1", "autoencoder", "framestats", "tonal"]
+    member, companion, frames, tonal = (hybrid["companions"][c]["bundle"] for c in names)
+    assert [member, companion, frames, tonal] == [f"{main}/{c}" for c in names]
+    assert bundle.load_bundle(main)[2].companions == names
+    methods = [bundle.load_bundle(u)[2].method for u in (companion, frames, tonal)]
+    assert methods == ["autoencoder", "framestats", "tonal"]
     assert bundle.load_bundle(member)[2].training["config"]["seed"] == 4  # another seed, another model
     runs = {}
     for name, fields in (("dual", dict(bundle=main, companions=False)), ("member", dict(bundle=member)),
                          ("ae", dict(bundle=companion)), ("frames", dict(bundle=frames)),
-                         ("hybrid", dict(bundle=main))):
+                         ("tonal", dict(bundle=tonal)), ("hybrid", dict(bundle=main))):
         cfg = ScoreConfig(data=f"{B}/data", out=f"{B}/out-{name}", batch_size=8,
                           references_to=f"{B}/out-{name}/refs.npz", **fields)
         run_score(cfg)
-        urls = [cfg.references_url] + ([f"{B}/out-{name}/refs-{i}.npz" for i in (1, 2, 3)] if name == "hybrid"
+        urls = [cfg.references_url] + ([f"{B}/out-{name}/refs-{i}.npz" for i in (1, 2, 3, 4)] if name == "hybrid"
                                        else [])
         runs[name] = (read_scores(cfg.out), [References.from_bytes(storage.read_bytes(u)) for u in urls])
-    singles = [runs[name][0]["score"].to_numpy() for name in ("dual", "member", "ae", "frames")]
+    singles = [runs[name][0]["score"].to_numpy() for name in ("dual", "member", "ae", "frames", "tonal")]
     scores, refs = runs["hybrid"]
-    assert [r.meta["method"] for r in refs] == ["knn", "knn", "mahalanobis", "framestats"]
+    assert [r.meta["method"] for r in refs] == ["knn", "knn", "mahalanobis", "framestats", "alarm"]
     assert len(refs[0].meta["norms"]) == 2
-    assert [r.meta["bundle"] for r in refs] == [main, member, companion, frames]
+    assert [r.meta["bundle"] for r in refs] == [main, member, companion, frames, tonal]
     assert not np.allclose(singles[0], singles[1])
     manifest = json.loads(storage.read_bytes(f"{B}/out-hybrid/manifest.json"))
-    assert manifest["config"]["add_bundles"] == [member, companion, frames]  # what was used, named
+    assert manifest["config"]["add_bundles"] == [member, companion, frames, tonal]  # what was used, named
     for machine in ("compressor", "fan"):
         norms = refs[0].meta["norms"][f"{machine}|00"]
         assert all(sd > 0 for _, sd in norms)
@@ -112,7 +114,7 @@ def _test_clip_ids(data):
 
 
 def test_every_test_clip_scored_once_with_dcase_files(trained):
-    assert bundle.load_bundle(trained)[2].companions == []  # autoencoder_epochs=0, framestats=None: alone
+    assert bundle.load_bundle(trained)[2].companions == []  # no autoencoder, frame statistics, alarms: alone
     cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8, references="centroid")
     summary = run_score(cfg)
     table = read_scores(cfg.out)
