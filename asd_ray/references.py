@@ -286,16 +286,21 @@ def kmeans_references(groups: Groups, clusters: int) -> References:
     return _references(parts)
 
 
+def section_standards(groups: Groups) -> dict[Key, np.ndarray]:
+    """Per section, its normal training clips' mean and standard deviation ``(2, dim)``."""
+    standard = {}
+    for key in sorted({(m, s) for m, s, _ in groups}):
+        clips = section_clips(groups, key).astype(np.float64)
+        standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
+    return standard
+
+
 def knn_references(groups: Groups, standardise: bool = False) -> References:
     """Every kept training embedding is a reference; a domain's distances are divided by its median
     leave-one-out nearest-neighbour distance among its own training clips. With ``standardise``
     (the frame statistics): each dimension standardised by the section's training clips, Euclidean
     distances."""
-    parts, standard = defaultdict(list), {}
-    if standardise:
-        for key in sorted({(m, s) for m, s, _ in groups}):
-            clips = section_clips(groups, key).astype(np.float64)
-            standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
+    parts, standard = defaultdict(list), section_standards(groups) if standardise else {}
     for key, domain, vectors, first in _by_section(groups):
         if len(vectors) < 2:
             what = "the frame statistics need" if standardise else "references=knn needs"
@@ -318,18 +323,14 @@ def alarm_references(groups: Groups) -> References:
     alarm is its largest rise above a domain's mean, divided by that domain's median leave-one-out
     alarm (its own clips' alarms against the mean of the others), the smaller over the domains.
     The training scores are out of sample the same way (``held_out``)."""
-    parts, standard, held_out = defaultdict(list), {}, defaultdict(list)
-    for key in sorted({(m, s) for m, s, _ in groups}):
-        clips = section_clips(groups, key).astype(np.float64)
-        standard[key] = np.stack([clips.mean(axis=0), clips.std(axis=0) + 1e-6])
-    fitted = []
+    parts, standard, held_out, fitted = defaultdict(list), section_standards(groups), defaultdict(list), []
     for key, domain, vectors, _ in _by_section(groups):
         if len(vectors) < 2:
             raise ValueError(f"the tonal detector needs at least 2 normal training clips per machine, section and "
                              f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
         x = (vectors - standard[key][0]) / standard[key][1]
-        # clip i against the mean of the others: (n * mean - x_i) / (n - 1)
-        loo = rise(x, (len(x) * x.mean(axis=0) - x) / (len(x) - 1))
+        # clip i's largest rise above the mean of the others, (n * mean - x_i) / (n - 1)
+        loo = np.max(x - (len(x) * x.mean(axis=0) - x) / (len(x) - 1), axis=1)
         scale = max(float(np.median(loo)), 1e-6)
         parts[key].append((domain, x.mean(axis=0, keepdims=True).astype(np.float32), np.full(1, scale),
                            np.full(1, -1)))
@@ -342,11 +343,6 @@ def alarm_references(groups: Groups) -> References:
         held_out[key].append(np.minimum(own, other))
     refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
     return refs
-
-
-def rise(x: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Per row, the largest rise of ``x`` above ``means`` (a row each, or one for all rows)."""
-    return np.max(x - means, axis=1)
 
 
 def alarms(queries: np.ndarray, means: np.ndarray, scales: np.ndarray, chunk: int = 1024,

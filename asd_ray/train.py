@@ -400,9 +400,9 @@ def train(cfg: TrainConfig) -> dict:
         summary["companions"][folder], c_info, c_weights = _fit(companion, labels)
         bundle.save_bundle(companion.bundle_url, c_info, c_weights, cfg.storage)
     untrained = {bundle.FRAMESTATS_COMPANION: ("framestats", cfg.framestats),
-                 bundle.TONAL_COMPANION: ("tonal", cfg.tonal)}
+                 bundle.TONAL_COMPANION: ("tonal", cfg.tonal)} if cfg.method == "scadacos" else {}
     for folder, (method, settings) in untrained.items():  # companions with no weights: nothing to train
-        if cfg.method == "scadacos" and settings is not None:
+        if settings is not None:
             url = storage.join(cfg.bundle_url, folder)
             c_info = info.model_copy(update={"method": method, method: settings, "training": {}})
             bundle.save_bundle(url, c_info, bundle.weights_bytes(bundle.build(c_info)[0], None), cfg.storage)
