@@ -27,6 +27,8 @@ RULES = {
     "sum of max(z, 0)": lambda z: np.maximum(z, 0).sum(0),
     "sum of max(z, -1)": lambda z: np.maximum(z, -1).sum(0),
     "max": lambda z: z.max(0),
+    "sum + max": lambda z: z.sum(0) + z.max(0),  # the sum, with the most confident detector counted twice
+    "sum of max(z, 0) + max": lambda z: np.maximum(z, 0).sum(0) + z.max(0),
     "sum of the top 2": lambda z: np.sort(z, 0)[1:].sum(0),
     "log-sum-exp": lambda z: logsumexp(z, axis=0),  # scipy's: z can be large enough to overflow exp
     "sum of log1p(max(z, 0))": lambda z: np.log1p(np.maximum(z, 0)).sum(0),

@@ -4,6 +4,7 @@ the same jobs users run (``asd-ray train``, ``asd-ray score``, ``asd-ray evaluat
     python benchmarks/quality.py --suite tune       # choose settings here
     python benchmarks/quality.py --suite confirm    # then confirm them here (never choose on it)
     python benchmarks/quality.py --suite tune --clip-seconds 5 --train-clips 150 --ae-epochs 30 --batch-size 32
+    python benchmarks/quality.py --suite tune --difficulty 0.8 --out /tmp/qs/tune-hard ...   # weaker faults
     python benchmarks/quality.py ... --name scadacos-mix1 --set mixup_alpha=1.0 featex=0.5   # a variant
 
 One ``asd-ray train`` job as users run it trains the dual-stream model and its companion, the
@@ -49,6 +50,9 @@ def main() -> None:
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--train-clips", type=int, default=None, help="source training clips per section "
                                                                    "(default: the synthetic default, 990)")
+    p.add_argument("--difficulty", type=float, default=None,
+                   help="the faults' difficulty, 0 (obvious) to 1 (barely there); default: synth's (0.5). A "
+                        "suite whose systems all score near 100 says nothing about a choice: run it harder")
     p.add_argument("--hidden-attributes", action="store_true",
                    help="synthesize the clips without attribute names (noAttribute), as DCASE 2024/2025 do for "
                         "several machine types")
@@ -72,7 +76,8 @@ def main() -> None:
     if not storage.exists(storage.join(data, "_manifest.json")):
         s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts,
                                    machines=list(suite.machines), seed=suite.seed,
-                                   named_attributes=not args.hidden_attributes))
+                                   named_attributes=not args.hidden_attributes,
+                                   **({} if args.difficulty is None else {"difficulty": args.difficulty})))
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)

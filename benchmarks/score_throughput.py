@@ -4,13 +4,17 @@ same device.
 
     python benchmarks/score_throughput.py [--clips 960] [--seconds 10] [--gpu]
     python benchmarks/score_throughput.py --clips 200 --seconds 1 --small --scales 1,10,50   # CPU size
+    python benchmarks/score_throughput.py ... --hybrid   # the default score: the model and its three companions
 
 Peak memory is the largest sum of proportional set sizes (PSS: shared pages are split between the
 processes that map them, not counted once per process) over this process and all its children
 (the local Ray: raylet, object store, workers), sampled every 0.5 s; per process, its own memory
 (PSS without the object store's pages; the store's size is a setting, ``buffer_mb`` bounds what
 the job keeps there).
-The model is freshly initialised: throughput does not depend on training.
+The models are freshly initialised: throughput does not depend on training. With ``--hybrid``
+the bundle holds the companions ``asd-ray train`` saves by default (the autoencoder, a model per
+machine type; the frame statistics; the line alarms) and the job scores with all four, as users'
+jobs do; the plain loop still runs the dual-stream model alone.
 """
 
 import argparse
@@ -85,6 +89,15 @@ def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
     return n / (time.time() - t0)
 
 
+def save_companions(url: str, info: bundle.BundleInfo) -> list[str]:
+    """The companions ``asd-ray train`` saves beside a dual-stream model by default, untrained."""
+    for folder, method in ((bundle.AUTOENCODER_COMPANION, "autoencoder"), (bundle.FRAMESTATS_COMPANION, "framestats"),
+                           (bundle.TONAL_COMPANION, "tonal")):
+        c_info = info.model_copy(update={"method": method})
+        bundle.save_bundle(f"{url}/{folder}", c_info, bundle.weights_bytes(bundle.build(c_info)[0], None))
+    return [bundle.AUTOENCODER_COMPANION, bundle.FRAMESTATS_COMPANION, bundle.TONAL_COMPANION]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--clips", type=int, default=960,
@@ -96,6 +109,8 @@ def main() -> None:
     p.add_argument("--scales", default="1,10")
     p.add_argument("--shard-mb", type=float, default=None, help="shard size of the synthesized data (default: "
                    "synth's); memory is flat only once 1x fills whole shards")
+    p.add_argument("--hybrid", action="store_true", help="score with the default hybrid of four (the model and "
+                                                         "its autoencoder, frame statistics and line alarms)")
     p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
                                                         "is what is measured")
     args = p.parse_args()
@@ -103,8 +118,10 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="asd-score-bench-")
     model_cfg = ModelConfig(**SMALL) if args.small else ModelConfig()
     model, loss = DualStreamNet(model_cfg), SubClusterAdaCos(model_cfg.emb_dim, 2, 16)
-    info = bundle.BundleInfo(model=model.cfg, labels=LabelMap(classes=["a", "b"]), n_subclusters=16,
-                             sample_rate=16000, clip_samples=int(args.seconds * 16000))
+    info = bundle.BundleInfo(model=model.cfg, labels=LabelMap(classes=["fan|00|source", "pump|00|source"]),
+                             n_subclusters=16, sample_rate=16000, clip_samples=int(args.seconds * 16000))
+    if args.hybrid:
+        info = info.model_copy(update={"companions": save_companions(f"{root}/model", info)})
     bundle.save_bundle(f"{root}/model", info, bundle.weights_bytes(model, loss))
     device = "cuda" if args.gpu else "cpu"
     runs = {}
