@@ -50,9 +50,9 @@ def main() -> None:
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--train-clips", type=int, default=None, help="source training clips per section "
                                                                    "(default: the synthetic default, 990)")
-    p.add_argument("--difficulty", type=float, default=None,
-                   help="the faults' difficulty, 0 (obvious) to 1 (barely there); default: synth's (0.5). A "
-                        "suite whose systems all score near 100 says nothing about a choice: run it harder")
+    p.add_argument("--difficulty", type=float, default=SynthConfig.model_fields["difficulty"].default,
+                   help="the faults' difficulty, 0 (obvious) to 1 (barely there). A suite whose systems all score "
+                        "near 100 says nothing about a choice: run it harder")
     p.add_argument("--hidden-attributes", action="store_true",
                    help="synthesize the clips without attribute names (noAttribute), as DCASE 2024/2025 do for "
                         "several machine types")
@@ -76,8 +76,7 @@ def main() -> None:
     if not storage.exists(storage.join(data, "_manifest.json")):
         s = synthesize(SynthConfig(out=data, clip_seconds=args.clip_seconds, counts=counts,
                                    machines=list(suite.machines), seed=suite.seed,
-                                   named_attributes=not args.hidden_attributes,
-                                   **({} if args.difficulty is None else {"difficulty": args.difficulty})))
+                                   named_attributes=not args.hidden_attributes, difficulty=args.difficulty))
         print(f"synthesized {s['clips']} clips in {s['seconds']} s")
     common = dict(data=data, storage_path=storage.join(args.out, "runs"), clip_seconds=args.clip_seconds,
                   num_workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size)

@@ -91,11 +91,11 @@ def plain_loop(data: str, bundle_url: str, device: str, batch: int) -> float:
 
 def save_companions(url: str, info: bundle.BundleInfo) -> list[str]:
     """The companions ``asd-ray train`` saves beside a dual-stream model by default, untrained."""
-    for folder, method in ((bundle.AUTOENCODER_COMPANION, "autoencoder"), (bundle.FRAMESTATS_COMPANION, "framestats"),
-                           (bundle.TONAL_COMPANION, "tonal")):
-        c_info = info.model_copy(update={"method": method})
+    folders = [bundle.AUTOENCODER_COMPANION, bundle.FRAMESTATS_COMPANION, bundle.TONAL_COMPANION]
+    for folder in folders:  # each folder is named after its method
+        c_info = info.model_copy(update={"method": folder})
         bundle.save_bundle(f"{url}/{folder}", c_info, bundle.weights_bytes(bundle.build(c_info)[0], None))
-    return [bundle.AUTOENCODER_COMPANION, bundle.FRAMESTATS_COMPANION, bundle.TONAL_COMPANION]
+    return folders
 
 
 def main() -> None:
