@@ -92,6 +92,12 @@ def save_bundle(url: str, info: BundleInfo, weights: bytes, options: StorageOpti
     return url
 
 
+def save_untrained(url: str, info: BundleInfo, options: StorageOptions | None = None) -> str:
+    """Save ``info``'s model as freshly built: the detectors with nothing to train (frame statistics,
+    line alarms), or an untrained model where only its cost matters (benchmarks)."""
+    return save_bundle(url, info, weights_bytes(build(info)[0], None), options)
+
+
 def load_bundle(url: str, options: StorageOptions | None = None,
                 device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SubClusterAdaCos | None, BundleInfo]:
     """The model (eval mode), its loss head (for class probabilities; None for the detectors that

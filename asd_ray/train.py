@@ -404,8 +404,8 @@ def train(cfg: TrainConfig) -> dict:
     for folder, (method, settings) in untrained.items():  # companions with no weights: nothing to train
         if settings is not None:
             url = storage.join(cfg.bundle_url, folder)
-            c_info = info.model_copy(update={"method": method, method: settings, "training": {}})
-            bundle.save_bundle(url, c_info, bundle.weights_bytes(bundle.build(c_info)[0], None), cfg.storage)
+            bundle.save_untrained(url, info.model_copy(update={"method": method, method: settings, "training": {}}),
+                                  cfg.storage)
             summary["companions"][folder] = {"bundle": url}
     bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(summary["companions"])}), weights,
                        cfg.storage)

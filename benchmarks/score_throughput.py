@@ -93,8 +93,7 @@ def save_companions(url: str, info: bundle.BundleInfo) -> list[str]:
     """The companions ``asd-ray train`` saves beside a dual-stream model by default, untrained."""
     folders = [bundle.AUTOENCODER_COMPANION, bundle.FRAMESTATS_COMPANION, bundle.TONAL_COMPANION]
     for folder in folders:  # each folder is named after its method
-        c_info = info.model_copy(update={"method": folder})
-        bundle.save_bundle(f"{url}/{folder}", c_info, bundle.weights_bytes(bundle.build(c_info)[0], None))
+        bundle.save_untrained(f"{url}/{folder}", info.model_copy(update={"method": folder}))
     return folders
 
 

@@ -1,4 +1,4 @@
-"""Physically motivated sound models of seven machine types, with their faults.
+"""Physically motivated sound models of nine machine types, with their faults.
 
 Each model renders a batch of clips of one section (one physical machine instance, whose
 constants come from ``instance``) under per-clip operating conditions (attributes) and an
@@ -17,6 +17,18 @@ RMS: loudness is set later, at random, so that no fault can be found by level al
 - ``compressor``: reciprocating; every stroke a low thump and a valve click whose timing depends
   on discharge pressure. Faults: valve leak (hiss during compression), timing jitter, knock.
 
+Two more in the tune suite, each with a domain shift of its own kind:
+
+- ``motor``: an induction motor (tonal and modulated): magnetic hum at twice the mains frequency and
+  its harmonics, a rotor slot tone that follows the slip (the load), a cooling fan. Faults: broken
+  rotor bar (hum and speed beating at twice the slip frequency), eccentricity (once-per-turn
+  modulation of the magnetic forces: sidebands), broken fan blade (turbulence, a gap once per turn,
+  a whistle). Shift: the installation (a new mounting), and the pole count (speed).
+- ``press``: a stamping press (impulsive): a thud and a ringing die at every stroke, the flywheel's
+  drive. Faults: cracked die (a longer, beating ring), clutch slip (late, wandering impacts after a
+  squeal), worn guides (knocks where the ram turns). Shift: another microphone (its response and
+  self-noise), and the blank's thickness and stroke rate.
+
 Three more, of other physics and with other kinds of domain shift (the confirm suite, see
 ``generate.SUITES``; nothing is ever chosen on them):
 
@@ -34,7 +46,8 @@ Three more, of other physics and with other kinds of domain shift (the confirm s
 
 ``shift`` names what else, besides the attribute values, differs in the target domain:
 ``background`` (factory hum and colour), ``outdoor`` (wind), ``installation`` (the transfer path
-from machine to microphone); the rendering of these lives in ``generate``.
+from machine to microphone), ``microphone`` (another microphone); the rendering of these lives in
+``generate``.
 """
 
 from __future__ import annotations
@@ -368,5 +381,101 @@ class Conveyor(Machine):
         return dsp.unit_rms(x)
 
 
+class Motor(Machine):
+    name = "motor"
+    attributes = (Attribute("load", (20, 50), (90,)), Attribute("poles", (4,), (2,)))
+    anomalies = ("broken_bar", "eccentricity", "fan_blade")
+    shift = ("installation",)
+
+    def instance(self, rng):
+        return {"mains": float(rng.choice([50.0, 60.0])), "bars": int(rng.integers(26, 44)),
+                "hum": _harmonic_profile(rng, 4, 1.0), "blades": int(rng.integers(7, 12)),
+                "fan_fc": rng.uniform(1500, 3000)}
+
+    def render(self, rng, inst, attrs, faults, strength, T, sr):
+        n = len(faults)
+        load = attrs["load"] / 100.0
+        slip = 0.005 + 0.04 * load  # the rotor lags the field more under load
+        f_rot = col(2 * inst["mains"] / attrs["poles"] * (1 - slip)) * dsp.slow_wobble(rng, n, T, sr,
+                                                                                       np.full(n, 0.0005))
+        t = np.arange(T, dtype=np.float32) / sr
+        current = np.ones((n, T), np.float32)  # the load current, which drives the magnetic forces
+        broken = faults == "broken_bar"
+        if broken.any():  # a broken rotor bar beats the current and the torque at twice the slip frequency
+            beat = np.cos(2 * np.pi * col(2 * slip[broken] * inst["mains"]) * t)
+            current[broken] += 0.8 * strength * beat
+            f_rot[broken] *= 1 + 0.03 * strength * beat
+        ph_rot = dsp.phase(f_rot, sr, rng)
+        ph_mains = dsp.phase(np.full((n, T), inst["mains"], np.float32), sr, rng)
+        hum = dsp.harmonics(ph_mains, np.tile(inst["hum"], (n, 1)) * col(0.4 + load), [2, 4, 6, 8], rng)
+        slot = dsp.harmonics(ph_rot, np.full((n, 1), 0.5, np.float32), [inst["bars"]], rng)  # rotor slot tone
+        eccentric = faults == "eccentricity"
+        if eccentric.any():  # an air gap uneven around the rotor modulates the magnetic forces once per turn
+            slot[eccentric] *= 1 + strength * np.cos(ph_rot[eccentric])
+            hum[eccentric] *= 1 + 0.6 * strength * np.cos(ph_rot[eccentric])
+        x = dsp.unit_rms(hum * current) + 0.5 * slot * current
+        fan = dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, inst["fan_fc"]), 2.0))
+        fan *= 1 + 0.2 * np.cos(np.mod(ph_rot * inst["blades"], 2 * np.pi))
+        lost = faults == "fan_blade"
+        if lost.any():  # a broken cooling-fan blade: turbulent air, a gap in the blade passes once per turn, a whistle
+            m = int(lost.sum())
+            fan[lost] *= (1 + strength) * (1 - 0.5 * strength * dsp.pulse_window(ph_rot[lost], 0.4))
+            fan[lost] += 0.4 * strength * dsp.harmonics(ph_rot[lost], np.full((m, 1), 1.0, np.float32),
+                                                        [inst["blades"] - 1], rng)
+        x += 0.25 * fan
+        return dsp.unit_rms(x)
+
+
+class Press(Machine):
+    name = "press"
+    attributes = (Attribute("thickness", (1, 2), (4,)), Attribute("strokes", (90, 120), (180,)))
+    anomalies = ("cracked_die", "clutch_slip", "worn_guide")
+    shift = ("microphone",)
+
+    def instance(self, rng):
+        return {"ring": rng.uniform(1200, 2600), "thud": rng.uniform(80, 160), "motor": rng.uniform(20, 30),
+                "squeal": rng.uniform(1800, 3000), "guide": rng.uniform(400, 800)}
+
+    def render(self, rng, inst, attrs, faults, strength, T, sr):
+        n = len(faults)
+        rate = attrs["strokes"] / 60.0
+        thick = col(attrs["thickness"])
+        t = np.arange(T, dtype=np.float32) / sr
+        start = rng.uniform(0, 1, (n, 1)).astype(np.float32)
+        stroke = np.mod(col(rate) * t + start, 1.0)  # 0 at the top of the stroke, the die closes at 0.5
+        previous = np.concatenate([stroke[:, :1], stroke[:, :-1]], axis=1)
+        slipping = faults == "clutch_slip"
+        lag = np.where(slipping, 0.02 + 0.06 * strength, 0.0) * rng.uniform(0.5, 1.5, n)  # seconds, varies
+        impact = ((stroke >= 0.5) & (previous < 0.5)).astype(np.float32) * np.exp(0.1 * rng.standard_normal((n, T)))
+        impact = np.stack([np.roll(c, int(d * sr)) for c, d in zip(impact, lag)]).astype(np.float32)
+        ring_decay = np.full(n, 0.015)
+        cracked = faults == "cracked_die"
+        ring_decay[cracked] *= 1 + 2.0 * strength  # a crack rings on
+        # the blank's thickness: a deeper thud and a lower ring
+        ring = dsp.convolve(impact, dsp.resonance(inst["ring"] / np.sqrt(attrs["thickness"]), ring_decay, sr, 0.2))
+        if cracked.any():  # ... and splits the die's mode in two: a beating ring
+            m = int(cracked.sum())
+            split = inst["ring"] / np.sqrt(attrs["thickness"][cracked]) * (1 + 0.03 * strength)
+            ring[cracked] += dsp.convolve(impact[cracked], dsp.resonance(split, ring_decay[cracked], sr, 0.2))
+        thud = dsp.convolve(impact, dsp.resonance(inst["thud"] / thick[:, 0] ** 0.3, np.full(n, 0.03), sr, 0.2))
+        x = dsp.unit_rms(thud) * (0.5 + 0.3 * thick) + 0.6 * dsp.unit_rms(ring)
+        motor = dsp.phase(np.full((n, T), inst["motor"], np.float32), sr, rng)  # the flywheel's drive
+        x += 0.15 * dsp.harmonics(motor, np.tile([1.0, 0.5, 0.3], (n, 1)).astype(np.float32), [1, 2, 3], rng)
+        x += 0.2 * dsp.shaped_noise(rng, n, T, sr, dsp.lowpass_env(np.full(n, 800.0)))
+        if slipping.any():  # the slipping clutch squeals while it catches up
+            m = int(slipping.sum())
+            window = ((stroke[slipping] > 0.35) & (stroke[slipping] < 0.5)).astype(np.float32)
+            squeal = np.sin(dsp.phase(inst["squeal"] * dsp.slow_wobble(rng, m, T, sr, np.full(m, 0.03)), sr, rng))
+            x[slipping] += 0.15 * strength * squeal * window
+        worn = faults == "worn_guide"
+        if worn.any():  # the ram knocks in its worn guides as it turns back at the bottom and the top
+            m = int(worn.sum())
+            turns = (((stroke[worn] >= 0.55) & (previous[worn] < 0.55)) | (stroke[worn] < previous[worn]))
+            knocks = dsp.convolve(turns.astype(np.float32), dsp.resonance(np.full(m, inst["guide"]),
+                                                                          np.full(m, 0.004), sr))
+            x[worn] += 0.5 * strength * dsp.unit_rms(knocks)
+        return dsp.unit_rms(x)
+
+
 MACHINES: dict[str, Machine] = {m.name: m for m in (Pump(), Gearbox(), Fan(), Compressor(), Valve(), Transformer(),
-                                                    Conveyor())}
+                                                    Conveyor(), Motor(), Press())}
