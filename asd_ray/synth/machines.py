@@ -454,7 +454,6 @@ class Press(Machine):
         # the blank's thickness: a deeper thud and a lower ring
         ring = dsp.convolve(impact, dsp.resonance(inst["ring"] / np.sqrt(attrs["thickness"]), ring_decay, sr, 0.2))
         if cracked.any():  # ... and splits the die's mode in two: a beating ring
-            m = int(cracked.sum())
             split = inst["ring"] / np.sqrt(attrs["thickness"][cracked]) * (1 + 0.03 * strength)
             ring[cracked] += dsp.convolve(impact[cracked], dsp.resonance(split, ring_decay[cracked], sr, 0.2))
         thud = dsp.convolve(impact, dsp.resonance(inst["thud"] / thick[:, 0] ** 0.3, np.full(n, 0.03), sr, 0.2))
