@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 from ray.data.extensions import ArrowTensorArray
 
 from asd_ray import schema, shards, storage
@@ -101,23 +100,6 @@ def count_clips(url: str, *, split: Filter = None, machine: Filter = None,
     return sum(g.rows for g in row_groups(shards.list_shards(url, split, machine, options), options))
 
 
-def _read(url: str, split: Filter, machine: Filter, section: Filter, domain: Filter,
-          options: StorageOptions | None, columns: list[str] | None = None, paths: bool = False) -> ray.data.Dataset:
-    urls = shards.list_shards(url, split, machine, options)
-    if not urls:
-        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
-    row_groups(urls, options)  # every shard's schema checked before any read task starts
-    fs, _ = storage.pyarrow_fs(url, options)
-    ds = ray.data.read_parquet([storage.strip_protocol(u) for u in urls], filesystem=fs, partitioning=None,
-                               include_paths=columns is None or paths)
-    if columns is not None:
-        ds = ds.select_columns(columns + ["path"] if paths else columns)  # pushed down into the Parquet read
-    for name, values in (("section", section), ("domain", domain)):
-        if values is not None:
-            ds = ds.filter(expr=col(name).is_in([values] if isinstance(values, str) else list(values)))
-    return ds
-
-
 def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
                sample_rate: int | None = None, pcm16: bool = False, read_tasks: int | None = None,
@@ -154,43 +136,59 @@ READ_ROWS = 64
 def read_shard_batches(shard: pa.Table, num_samples: int, crop: str, sample_rate: int | None, pcm16: bool,
                        filters: dict[str, list[str]], options: StorageOptions | None) -> Iterator[pa.Table]:
     """One shard (a one-row table of its URL) -> decoded batches of its matching clips."""
-    url = shard["url"][0].as_py()
+    for rows in shard_rows(shard["url"][0].as_py(), None, filters, options):
+        yield decode_batch(rows, num_samples, crop, sample_rate, pcm16)
+
+
+def shard_rows(url: str, columns: list[str] | None, filters: dict[str, list[str]],
+               options: StorageOptions | None) -> Iterator[pa.Table]:
+    """A shard's matching rows (``columns`` of them, and ``path``) in batches of ``READ_ROWS``."""
     fs, path = storage.pyarrow_fs(url, options)
     with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS, columns=columns):
             rows = pa.Table.from_batches([batch])
             for name, values in filters.items():
                 rows = rows.filter(pc.is_in(rows[name], pa.array(values, pa.string())))
             if rows.num_rows:
-                yield decode_batch(rows.append_column("path", pa.array([url] * rows.num_rows, pa.string())),
-                                   num_samples, crop, sample_rate, pcm16)
+                yield rows.append_column("path", pa.array([url] * rows.num_rows, pa.string()))
 
 
-def _keys(batch: pa.Table, sample_rate: int | None) -> dict[str, np.ndarray]:
-    if sample_rate is not None:  # checked here, before any training starts, as scoring checks it
-        rates = batch["sample_rate"].to_numpy()
-        for i in np.flatnonzero(rates != sample_rate)[:1]:
-            raise schema.SchemaError(f"{batch['path'][i].as_py()}: clip {batch['clip_id'][i].as_py()} has sample "
-                                     f"rate {rates[i]} Hz, expected {sample_rate} Hz (the training config's "
-                                     f"sample_rate)")
-    keys = {"\t".join([m, s, d or "", attribute_key(a)]) for m, s, d, a in zip(
-        batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["domain"].to_pylist(),
-        batch["attributes"].to_pylist())}
-    return {"key": np.array(sorted(keys), dtype=object)}  # a batch's distinct keys: a few, however many clips
+def shard_keys(shard: pa.Table, sample_rate: int | None, options: StorageOptions | None) -> dict[str, np.ndarray]:
+    """One shard -> the distinct keys of its clips: a few, however many clips."""
+    keys = set()
+    for batch in shard_rows(shard["url"][0].as_py(), KEY_COLUMNS, {}, options):
+        if sample_rate is not None:  # checked here, before any training starts, as scoring checks it
+            rates = batch["sample_rate"].to_numpy()
+            for i in np.flatnonzero(rates != sample_rate)[:1]:
+                raise schema.SchemaError(f"{batch['path'][i].as_py()}: clip {batch['clip_id'][i].as_py()} has "
+                                         f"sample rate {rates[i]} Hz, expected {sample_rate} Hz (the training "
+                                         f"config's sample_rate)")
+        keys.update("\t".join([m, s, d or "", attribute_key(a)]) for m, s, d, a in zip(
+            batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["domain"].to_pylist(),
+            batch["attributes"].to_pylist()))
+    return {"key": np.array(sorted(keys), dtype=object)}
 
 
-def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
-              domain: Filter = None, sample_rate: int | None = None,
+KEY_COLUMNS = ["clip_id", "machine", "section", "domain", "attributes", "sample_rate"]
+
+
+def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, sample_rate: int | None = None,
               options: StorageOptions | None = None) -> list[tuple[str, str, str | None, str]]:
     """The distinct ``(machine, section, domain, attribute_key)`` of the matching clips (domain None
-    where unknown), reading no audio. With ``sample_rate``, a clip of another rate is an error naming
-    it and its shard."""
-    ds = _read(url, split, machine, section, domain, options,
-               columns=["clip_id", "machine", "section", "domain", "attributes", "sample_rate"], paths=True)
-    # each block's distinct keys, gathered as they stream in: Dataset.unique would start an all-to-all
-    # hash aggregation (several seconds of actor start-up before every training run)
+    where unknown), reading no audio. With ``sample_rate``, a clip of another rate is an error
+    naming it and its shard.
+
+    A task per shard returns its distinct keys, gathered as they stream in (``Dataset.unique`` would
+    start an all-to-all hash aggregation; ``read_parquet`` a pool of 32 footer-reading actors, a
+    minute of process start-up on a small cluster, for footers ``row_groups`` has already read)."""
+    urls = shards.list_shards(url, split, machine, options)
+    if not urls:
+        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
+    row_groups(urls, options)  # every shard's schema checked before any read task starts
+    kwargs = {"sample_rate": sample_rate, "options": options}
     keys: set[str] = set()
-    for batch in ds.map_batches(_keys, fn_kwargs={"sample_rate": sample_rate}, batch_format="pyarrow").iter_batches(
+    for batch in ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls)).map_batches(
+            shard_keys, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow").iter_batches(
             batch_size=None, batch_format="pyarrow"):
         keys.update(batch["key"].to_pylist())
     return sorted((m, s, d or None, a) for m, s, d, a in (k.split("\t") for k in keys))

@@ -22,8 +22,6 @@ import math
 import sys
 
 import numpy as np
-from scipy.stats import hmean
-from sklearn.metrics import roc_auc_score
 
 MAX_FPR = 0.1
 COLUMNS = ("auc_source", "auc_target", "pauc")
@@ -55,6 +53,8 @@ def _auc(labels: np.ndarray, scores: np.ndarray, what: str, max_fpr: float | Non
     if not normal or not anomalous:
         raise MetricError(f"{what} needs normal and anomalous clips, found {normal} normal and {anomalous} "
                           f"anomalous")
+    from sklearn.metrics import roc_auc_score  # imported when used: Train workers import this module
+
     return float(roc_auc_score(labels, scores, max_fpr=max_fpr))
 
 
@@ -65,12 +65,16 @@ def official_score(rows: list[dict[str, float]], columns: tuple[str, ...] = COLU
     if not len(values) or np.isnan(values).any():
         raise MetricError(f"the official score needs an AUC (source), AUC (target) and pAUC for every section; "
                           f"got {values.tolist()}")
+    from scipy.stats import hmean  # imported when used: Train workers import this module
+
     return float(hmean(np.maximum(values, sys.float_info.epsilon)))
 
 
 def machine_means(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per machine type, as the evaluator prints it: the arithmetic (``mean``) and harmonic (``hmean``)
     mean of each of AUC (source), AUC (target) and pAUC over the machine's sections."""
+    from scipy.stats import hmean
+
     out: dict[str, dict[str, float]] = {}
     for machine in sorted({r["machine"] for r in rows}):
         mine = [r for r in rows if r["machine"] == machine]

@@ -28,8 +28,6 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.covariance import LedoitWolf
 
 Key = tuple[str, str]  # (machine, section)
 Groups = dict[tuple[str, str, str], np.ndarray]  # (machine, section, domain) -> one vector per clip
@@ -231,6 +229,8 @@ def mahalanobis_references(groups: Groups, folds: int = 5) -> References:
     out of sample: each clip is scored by its domain's Gaussian fitted without its fold (``folds``
     folds, clip ``i`` in fold ``i % folds``) and by the other domains' full Gaussians; the nearer
     counts, as for a test clip. A domain with a single clip gives no such score (inf)."""
+    from sklearn.covariance import LedoitWolf  # here, not at the top: scoring actors import this module
+
     check_finite(groups, "autoencoder references")
     parts, precisions = defaultdict(list), defaultdict(list)
     fitted = [(key, domain, vectors[:, 1:].astype(np.float64)) for key, domain, vectors, _ in _by_section(groups)]
@@ -253,6 +253,8 @@ def mahalanobis_references(groups: Groups, folds: int = 5) -> References:
 def cross_fitted_mahalanobis(x: np.ndarray, folds: int) -> np.ndarray:
     """Each row's distance to a Gaussian fitted on the other folds (row ``i`` in fold ``i % folds``);
     inf for a lone row, which has nothing to be compared with."""
+    from sklearn.covariance import LedoitWolf
+
     own = np.full(len(x), np.inf)
     if len(x) < 2:
         return own
@@ -274,6 +276,8 @@ def centroid_references(groups: Groups) -> References:
 
 def kmeans_references(groups: Groups, clusters: int) -> References:
     """Wilkinghoff's references: k-means sub-centroids of the source domain, every target clip."""
+    from sklearn.cluster import KMeans  # here, not at the top: scoring actors import this module
+
     parts = defaultdict(list)
     for key, domain, vectors, first in _by_section(groups):
         if domain == "source":

@@ -27,30 +27,22 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 import ray
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from ray.data.extensions import ArrowTensorArray
 from scipy import stats
 
-from asd_ray import bundle, dataset, schema, storage
-from asd_ray.autoencoder import MachineAutoEncoders
+from asd_ray import bundle, dataset, storage
 from asd_ray.config import JobConfig
-from asd_ray.framestats import FrameStats
-from asd_ray.heap import release_freed_memory
+from asd_ray.embedder import Embedder, embedding_column
 from asd_ray.labels import UNKNOWN_DOMAIN
-from asd_ray.model import autocast
 from asd_ray.references import (ClipSample, Groups, References, alarm_references, centroid_references,
                                 check_finite, kmeans_references, knn_references, mahalanobis_references,
                                 reconstruction_references, section_clips)
-from asd_ray.score_output import META, finish_outputs, prepare_outputs, read_scores, scores_url
+from asd_ray.score_output import finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
-from asd_ray.tonal import TonalSpectrum
 from asd_ray.tracking import Tracked
 
-__all__ = ["ScoreConfig", "run_score", "read_scores", "Embedder", "fit_references"]
+__all__ = ["ScoreConfig", "run_score", "read_scores", "fit_references"]
 
 
 class ScoreConfig(JobConfig, Tracked):
@@ -101,83 +93,6 @@ class ScoreConfig(JobConfig, Tracked):
         """The main model's references, then each added model's beside them (``references-<i>.npz``)."""
         main = self.references_url
         return [main, *(f"{main.removesuffix('.npz')}-{i}.npz" for i in range(1, len(self.bundles)))]
-
-
-def embedding_column(k: int) -> str:
-    return "embedding" if k == 0 else f"embedding_{k}"
-
-
-class Embedder:
-    """Ray Data actor: the models (the main one and any added ones), waveform batches in.
-
-    Without references, one vector per clip and model out: unit-norm embeddings, or for the
-    autoencoder baseline its mean squared error followed by its mean error vector, for the frame
-    statistics and the tonal detector their vectors. With
-    ``references`` (an object reference to the fitted ``References`` of every model, as bytes),
-    each clip's score and decision out instead, or the reason it has none."""
-
-    def __init__(self, bundle_urls: list[str] | str, options: dict, use_gpu: bool,
-                 references: ray.ObjectRef | None = None):
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        urls = [bundle_urls] if isinstance(bundle_urls, str) else bundle_urls
-        self.models = [bundle.load_bundle(u, StorageOptions(**options), self.device)[0] for u in urls]
-        self.refs = None if references is None else [References.from_bytes(b) for b in ray.get(references)]
-
-    def embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns = {}
-        with torch.inference_mode(), autocast(self.device):
-            pcm = torch.tensor(batch["audio"], device=self.device)  # int16 until on the device; batches are read-only
-            wave = pcm.float() / schema.PCM16_FULL_SCALE
-            for k, model in enumerate(self.models):
-                if isinstance(model, MachineAutoEncoders):
-                    emb = model.score_features(wave, model.index(batch["machine"]).to(self.device)).float()
-                elif isinstance(model, (FrameStats, TonalSpectrum)):
-                    emb = model(wave)
-                else:
-                    emb = F.normalize(model(wave).float(), dim=1)
-                columns[embedding_column(k)] = emb.cpu().numpy()
-        return columns
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        columns = self.embed(batch)
-        # Arrow, not numpy: unknown domains and labels stay string nulls (numpy None would become NaN)
-        meta = {k: pa.array(batch[k], pa.string()) for k in META}
-        if self.refs is None:
-            out = pa.table({**meta, **{k: ArrowTensorArray.from_numpy(v) for k, v in columns.items()}})
-        else:
-            out = pa.table({**meta, **score_batch(self.refs, batch, columns, self.device)})
-        release_freed_memory()
-        return out
-
-
-def score_batch(refs: list[References], batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
-                device: torch.device) -> dict[str, pa.Array]:
-    """Score, decision and (for a clip that has none) the reason, per row of a batch."""
-    n = len(batch["clip_id"])
-    score, decision, reason = np.full(n, np.nan), np.zeros(n, np.int8), np.full(n, None, object)
-    keys = np.array([f"{m}|{s}" for m, s in zip(batch["machine"], batch["section"])])
-    for group in np.unique(keys):
-        idx = np.flatnonzero(keys == group)
-        machine, section = group.split("|")
-        if any((machine, section) not in r.vectors for r in refs):
-            reason[idx] = f"no references for machine '{machine}' section '{section}'"
-            continue
-        score[idx] = clip_scores(refs, machine, section, {k: v[idx] for k, v in columns.items()}, device)
-        decision[idx] = score[idx] > refs[0].thresholds[(machine, section)]
-    scored = reason == None  # noqa: E711 (elementwise)
-    return {"score": pa.array(score, pa.float64(), mask=~scored),
-            "decision": pa.array(decision, pa.int8(), mask=~scored),
-            "reason": pa.array(reason, pa.string())}
-
-
-def clip_scores(refs: list[References], machine: str, section: str, columns: dict[str, np.ndarray],
-                device: torch.device | str = "cpu") -> np.ndarray:
-    """The main model's scores, or the sum of every model's scores normalised per section."""
-    if len(refs) == 1:
-        return refs[0].score(machine, section, columns["embedding"], device)
-    norms = refs[0].meta["norms"][f"{machine}|{section}"]
-    return sum((r.score(machine, section, columns[embedding_column(k)], device) - mu) / sd
-               for k, (r, (mu, sd)) in enumerate(zip(refs, norms)))
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,

@@ -26,7 +26,8 @@ import numpy as np
 from asd_ray import storage
 from asd_ray.references import (References, alarm_references, alarms, cross_fitted_mahalanobis, group_embeddings,
                                 knn_references, mahalanobis, mahalanobis_references, nearest, section_clips)
-from asd_ray.score import Embedder, embedding_column, section_norm
+from asd_ray.embedder import Embedder, embedding_column
+from asd_ray.score import section_norm
 
 from framestats_screen import official, suite
 

@@ -188,7 +188,7 @@ def test_no_job_autocasts_on_the_cpu(tmp_path):
     """torch 2.13's CPU bf16 Conv1d (2 input channels, kernel 256) is wrong through oneDNN on CPUs
     with AMX: training and scoring never enable CPU autocast."""
     from asd_ray.bundle import BundleInfo, save_bundle, weights_bytes
-    from asd_ray.score import Embedder
+    from asd_ray.embedder import Embedder
 
     with autocast(torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd_ray import bundle, cli, shards, storage
+from asd_ray import bundle, cli, dataset, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.references import (ClipSample, References, kmeans_references, knn_references, mahalanobis_references,
                                 nearest)
@@ -51,7 +51,11 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
     """By default a model trained with companions (an ensemble member, the autoencoder, the frame
     statistics, the line alarms) scores with all of them: each model's score standardised by its
     training clips' scores of that machine and section, then added; thresholds from the summed
-    training scores."""
+    training scores. Each model's own scores are recomputed here, in this process, from the
+    references the job saved; one model is also scored alone by a job of its own, as a check of
+    that recomputation."""
+    from asd_ray.embedder import Embedder, embedding_column
+
     main = hybrid["bundle"]
     names = ["member-1", "autoencoder", "framestats", "tonal"]
     member, companion, frames, tonal = (hybrid["companions"][c]["bundle"] for c in names)
@@ -61,29 +65,34 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
     assert methods == ["autoencoder", "framestats", "tonal"]
     assert bundle.load_bundle(member)[2].training["config"]["seed"] == 4  # another seed, another model
     runs = {}
-    for name, fields in (("dual", dict(bundle=main, companions=False)), ("member", dict(bundle=member)),
-                         ("ae", dict(bundle=companion)), ("frames", dict(bundle=frames)),
-                         ("tonal", dict(bundle=tonal)), ("hybrid", dict(bundle=main))):
-        cfg = ScoreConfig(data=f"{B}/data", out=f"{B}/out-{name}", batch_size=8,
-                          references_to=f"{B}/out-{name}/refs.npz", **fields)
+    for name, url in (("ae", companion), ("hybrid", main)):
+        cfg = ScoreConfig(data=f"{B}/data", out=f"{B}/out-{name}", bundle=url, batch_size=8,
+                          references_to=f"{B}/out-{name}/refs.npz")
         run_score(cfg)
         urls = [cfg.references_url] + ([f"{B}/out-{name}/refs-{i}.npz" for i in (1, 2, 3, 4)] if name == "hybrid"
                                        else [])
         runs[name] = (read_scores(cfg.out), [References.from_bytes(storage.read_bytes(u)) for u in urls])
-    singles = [runs[name][0]["score"].to_numpy() for name in ("dual", "member", "ae", "frames", "tonal")]
     scores, refs = runs["hybrid"]
     assert [r.meta["method"] for r in refs] == ["knn", "knn", "mahalanobis", "framestats", "alarm"]
-    assert len(refs[0].meta["norms"]) == 2
     assert [r.meta["bundle"] for r in refs] == [main, member, companion, frames, tonal]
-    assert not np.allclose(singles[0], singles[1])
     manifest = json.loads(storage.read_bytes(f"{B}/out-hybrid/manifest.json"))
     assert manifest["config"]["add_bundles"] == [member, companion, frames, tonal]  # what was used, named
+    embedder = Embedder([main, member, companion, frames, tonal], {}, use_gpu=False)
     for machine in ("compressor", "fan"):
-        norms = refs[0].meta["norms"][f"{machine}|00"]
-        assert all(sd > 0 for _, sd in norms)
         rows = np.flatnonzero(np.array(scores["machine"].to_pylist()) == machine)
-        expected = sum((x[rows] - mu) / sd for x, (mu, sd) in zip(singles, norms))
-        assert np.allclose(scores["score"].to_numpy()[rows], expected)
+        ids = [scores["clip_id"][int(i)].as_py() for i in rows]
+        clips = dataset.read_some_clips(f"{B}/data", "test", machine, ids)
+        vectors = embedder.embed({"audio": np.stack([clips[c][0] for c in ids]),
+                                  "machine": np.array([machine] * len(ids))})
+        singles = [r.score(machine, "00", vectors[embedding_column(k)]) for k, r in enumerate(refs)]
+        assert not np.allclose(singles[0], singles[1])  # the member is another model
+        ae_alone = runs["ae"][0]["score"].to_numpy()[rows]
+        assert runs["ae"][0]["clip_id"].to_pylist() == scores["clip_id"].to_pylist()
+        np.testing.assert_allclose(singles[2], ae_alone, rtol=1e-4)  # the companion scored alone, by a job
+        norms = refs[0].meta["norms"][f"{machine}|00"]
+        assert len(norms) == 5 and all(sd > 0 for _, sd in norms)
+        expected = sum((x - mu) / sd for x, (mu, sd) in zip(singles, norms))
+        np.testing.assert_allclose(scores["score"].to_numpy()[rows], expected, rtol=1e-4, atol=1e-4)
         threshold = refs[0].thresholds[(machine, "00")]
         assert np.isfinite(threshold)
         assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
