@@ -153,6 +153,9 @@ def shard_rows(url: str, columns: list[str] | None, filters: dict[str, list[str]
                 yield rows.append_column("path", pa.array([url] * rows.num_rows, pa.string()))
 
 
+KEY_COLUMNS = ["clip_id", "machine", "section", "domain", "attributes", "sample_rate"]
+
+
 def shard_keys(shard: pa.Table, sample_rate: int | None, options: StorageOptions | None) -> dict[str, np.ndarray]:
     """One shard -> the distinct keys of its clips: a few, however many clips."""
     keys = set()
@@ -167,9 +170,6 @@ def shard_keys(shard: pa.Table, sample_rate: int | None, options: StorageOptions
             batch["machine"].to_pylist(), batch["section"].to_pylist(), batch["domain"].to_pylist(),
             batch["attributes"].to_pylist()))
     return {"key": np.array(sorted(keys), dtype=object)}
-
-
-KEY_COLUMNS = ["clip_id", "machine", "section", "domain", "attributes", "sample_rate"]
 
 
 def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, sample_rate: int | None = None,
