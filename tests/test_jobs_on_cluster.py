@@ -177,10 +177,7 @@ def cluster(s3_endpoint, tmp_path_factory):
                # a lost node is declared dead after ~3 s instead of ~15 s (Ray's defaults: 3 s x 5 checks)
                RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
                # Ray Train's controller looks at its workers every 0.5 s instead of 2 s (conftest.py)
-               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
-               # a restart that asks for the lost node's CPUs (still counted for a moment) gives up after
-               # 20 s instead of 60 and asks again with what is left (measured: elastic shrink 80 s -> ~40 s)
-               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5")
     nodes = LocalCluster(home, env)
     try:
         with pytest.raises(urllib.error.HTTPError, match="401"):  # the head refuses a request without the token
