@@ -100,6 +100,15 @@ def count_clips(url: str, *, split: Filter = None, machine: Filter = None,
     return sum(g.rows for g in row_groups(shards.list_shards(url, split, machine, options), options))
 
 
+def checked_shards(url: str, split: Filter, machine: Filter, options: StorageOptions | None) -> list[str]:
+    """The matching shards, every one's schema checked before any read task starts."""
+    urls = shards.list_shards(url, split, machine, options)
+    if not urls:
+        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
+    row_groups(urls, options)
+    return urls
+
+
 def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
                sample_rate: int | None = None, pcm16: bool = False, read_tasks: int | None = None,
@@ -117,10 +126,7 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     With ``read_tasks``, at most that many run at once and they reserve no CPU: a pipeline whose
     actors hold every CPU still reads (Ray Data would otherwise wait for a free CPU forever).
     """
-    urls = shards.list_shards(url, split, machine, options)
-    if not urls:
-        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
-    row_groups(urls, options)  # every shard's schema checked before any read task starts
+    urls = checked_shards(url, split, machine, options)
     kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16,
               "filters": {k: [v] if isinstance(v, str) else list(v)
                           for k, v in (("section", section), ("domain", domain)) if v is not None},
@@ -181,10 +187,7 @@ def clip_keys(url: str, *, split: Filter = None, machine: Filter = None, sample_
     A task per shard returns its distinct keys, gathered as they stream in (``Dataset.unique`` would
     start an all-to-all hash aggregation; ``read_parquet`` a pool of 32 footer-reading actors, a
     minute of process start-up on a small cluster, for footers ``row_groups`` has already read)."""
-    urls = shards.list_shards(url, split, machine, options)
-    if not urls:
-        raise FileNotFoundError(f"no clip shards under {url} (split={split}, machine={machine})")
-    row_groups(urls, options)  # every shard's schema checked before any read task starts
+    urls = checked_shards(url, split, machine, options)
     kwargs = {"sample_rate": sample_rate, "options": options}
     keys: set[str] = set()
     for batch in ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls)).map_batches(
