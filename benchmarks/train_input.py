@@ -2,10 +2,12 @@
 object-store bytes, peak memory of the driver and Ray's worker processes, and how batches mix machine
 types and domains. Runs the streaming input (``asd_ray.train_input``) and, for comparison, v1's input
 (decode to float32, then ``randomize_block_order``, an all-to-all stage), and one model training
-step on this machine's CPU for the clips/s that the input has to keep up with.
+step on this machine's CPU for the clips/s that the input has to keep up with. With --label-scan,
+also the training job's metadata pass before it (``train.label_map``: every shard's key columns read
+by a task per shard, the distinct classes gathered in the driver): its time and peak memory.
 
     python benchmarks/train_input.py                                   # 1x and 10x, 1 s clips
-    python benchmarks/train_input.py --scales 1 10 50 --skip-v1
+    python benchmarks/train_input.py --scales 1 10 50 --skip-v1 --label-scan
 
 1x is 7 machine types x 300 clips (297 source + 3 target: 1 %, as DCASE's 990 + 10), written as
 ingest writes them: one machine type per partition, shards of --shard-mb, target clips last, noise
@@ -35,7 +37,7 @@ from asd_ray import shards
 from asd_ray.dataset import read_clips
 from asd_ray.schema import clips_table
 from asd_ray.labels import LabelMap, class_key
-from asd_ray.train import TrainConfig, training_data
+from asd_ray.train import TrainConfig, label_map, training_data
 from asd_ray.train_input import ingest_options
 
 MACHINES = ["fan", "gearbox", "pump", "slider", "valve", "bearing", "toycar"]
@@ -91,6 +93,9 @@ class Peaks(threading.Thread):
                 self.memory, self.at_peak = total, sorted(sizes, reverse=True)
             self.stop.wait(self.interval)
 
+    def largest(self, count: int = 6) -> str:
+        return ", ".join(f"{name} {uss / 2**20:.0f}" for uss, name in self.at_peak[:count])
+
 
 def consume(ds, batch: int, shuffle_buffer: int, epochs: int, buffer_mb: float) -> dict:
     ds.context.execution_options = ingest_options(buffer_mb)  # as Ray Train's DataConfig sets it
@@ -116,7 +121,7 @@ def consume(ds, batch: int, shuffle_buffer: int, epochs: int, buffer_mb: float) 
     target_share = float(np.mean(targets))
     return {"first_batch_s": first, "clips_per_s": clips / seconds, "store_peak_mb": peaks.store / 2**20,
             "memory_peak_mb": peaks.memory / 2**20, "processes_at_peak": len(peaks.at_peak),
-            "largest_at_peak": ", ".join(f"{name} {uss / 2**20:.0f}" for uss, name in peaks.at_peak[:6]),
+            "largest_at_peak": peaks.largest(),
             "distinct": float(np.mean([len(set(m)) for m in machines])), "expected_distinct": expected_distinct,
             "batches_with_target": float(np.mean([t > 0 for t in targets])),
             "expected_with_target": 1 - (1 - target_share) ** batch, "target_share": target_share,
@@ -145,6 +150,19 @@ def model_step_rate(clip_seconds: float, batch: int, steps: int = 5) -> float:
     return steps * batch / (time.time() - t0)
 
 
+def scan_labels(cfg: TrainConfig) -> dict:
+    peaks = Peaks()
+    peaks.start()
+    t0 = time.time()
+    labels = label_map(cfg)
+    seconds = time.time() - t0
+    peaks.stop.set()
+    peaks.join()
+    return {"seconds": seconds, "classes": len(labels), "store_peak_mb": peaks.store / 2**20,
+            "memory_peak_mb": peaks.memory / 2**20, "processes_at_peak": len(peaks.at_peak),
+            "largest_at_peak": peaks.largest()}
+
+
 def measure(args, root: str, pipeline: str) -> dict:
     """One pipeline on one dataset, in a Ray cluster of its own (so that no run inherits the
     workers, heap or object store of another)."""
@@ -153,6 +171,8 @@ def measure(args, root: str, pipeline: str) -> dict:
     cfg = TrainConfig(data=root, clip_seconds=args.clip_seconds, batch_size=args.batch,
                       shuffle_buffer=args.shuffle_buffer, input_buffer_mb=args.buffer_mb,
                       **({"mix_row_groups": args.mix_row_groups} if args.mix_row_groups else {}))
+    if pipeline == "label scan":
+        return scan_labels(cfg)
     if pipeline == "streaming":
         # the classes of the written data, known here: the job's metadata pass (train.label_map) is
         # not part of the input and would leave its worker's heap in the measured cluster
@@ -177,6 +197,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--cpus", type=int, default=4)
     p.add_argument("--skip-v1", action="store_true")
+    p.add_argument("--label-scan", action="store_true", help="also measure the job's label scan")
     p.add_argument("--rows-per-group", type=int, default=shards.ROWS_PER_ROW_GROUP,
                    help="Parquet row group size of the written data (ingest's by default)")
     p.add_argument("--mix-row-groups", type=int, default=None, help="default: the training config's")
@@ -192,10 +213,11 @@ def main() -> None:
     rows = []
     try:
         for scale in args.scales:
-            root = os.path.join(root_dir, f"x{scale}-rg{args.rows_per_group}")
+            root = os.path.join(root_dir, f"x{scale}-rg{args.rows_per_group}-mb{args.shard_mb:g}")
             if not os.path.exists(os.path.join(root, shards.LIVE_FILE)):
                 write_dataset(root, args.clips_per_machine * scale, args.clip_seconds, args.shard_mb)
-            for pipeline in ["streaming"] + ([] if args.skip_v1 else ["v1 (block order)"]):
+            for pipeline in (["label scan"] if args.label_scan else []) + ["streaming"] + (
+                    [] if args.skip_v1 else ["v1 (block order)"]):
                 out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--measure", root, pipeline],
                                      capture_output=True, text=True)
                 result = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -208,6 +230,15 @@ def main() -> None:
         if args.dir is None:
             shutil.rmtree(root_dir, ignore_errors=True)
 
+    scans, rows = [r for r in rows if r["pipeline"] == "label scan"], [r for r in rows if r["pipeline"] != "label scan"]
+    if scans:
+        print(f"\nlabel scan (train.label_map), {args.cpus} logical CPUs")
+        print("| scale | clips | seconds | classes | peak object store (MB) | peak memory (MB) | largest processes "
+              "at the peak (MB) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in scans:
+            print(f"| {r['scale']}x | {r['clips']} | {r['seconds']:.1f} | {r['classes']} | {r['store_peak_mb']:.0f} | "
+                  f"{r['memory_peak_mb']:.0f} | {r['largest_at_peak']} |")
     step = model_step_rate(args.clip_seconds, args.batch)
     print(f"\ntraining input, {args.clip_seconds:g} s clips, row groups of {args.rows_per_group} clips read "
           f"{rows[0]['mix_row_groups']} per task, batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
