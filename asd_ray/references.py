@@ -333,8 +333,7 @@ def alarm_references(groups: Groups) -> References:
             raise ValueError(f"the tonal detector needs at least 2 normal training clips per machine, section and "
                              f"domain; {key[0]} section {key[1]} {domain} has {len(vectors)}")
         x = (vectors - standard[key][0]) / standard[key][1]
-        # clip i's largest rise above the mean of the others, (n * mean - x_i) / (n - 1)
-        loo = np.max(x - (len(x) * x.mean(axis=0) - x) / (len(x) - 1), axis=1)
+        loo = leave_one_out_rises(x)
         scale = max(float(np.median(loo)), 1e-6)
         parts[key].append((domain, x.mean(axis=0, keepdims=True).astype(np.float32), np.full(1, scale),
                            np.full(1, -1)))
@@ -347,6 +346,11 @@ def alarm_references(groups: Groups) -> References:
         held_out[key].append(np.minimum(own, other))
     refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
     return refs
+
+
+def leave_one_out_rises(x: np.ndarray) -> np.ndarray:
+    """Each row's largest rise above the mean of the other rows, ``(n * mean - x_i) / (n - 1)``."""
+    return np.max(x - (len(x) * x.mean(axis=0) - x) / (len(x) - 1), axis=1)
 
 
 def alarms(queries: np.ndarray, means: np.ndarray, scales: np.ndarray, chunk: int = 1024,

@@ -25,7 +25,8 @@ import numpy as np
 
 from asd_ray import storage
 from asd_ray.references import (References, alarm_references, alarms, cross_fitted_mahalanobis, group_embeddings,
-                                knn_references, mahalanobis, mahalanobis_references, nearest, section_clips)
+                                knn_references, leave_one_out_rises, mahalanobis, mahalanobis_references, nearest,
+                                section_clips)
 from asd_ray.embedder import Embedder, embedding_column
 from asd_ray.score import section_norm
 
@@ -68,7 +69,7 @@ def own_domain_scores(refs: References, key, x: np.ndarray, domain: str) -> np.n
         return cross_fitted_mahalanobis(x[:, 1:].astype(np.float64), folds=5)
     z = refs.standardised(key, x)
     if refs.meta.get("method") == "alarm":
-        return np.max(z - (len(z) * z.mean(axis=0) - z) / (len(z) - 1), axis=1) / refs.scales[key][at][0]
+        return leave_one_out_rises(z) / refs.scales[key][at][0]
     return nearest(z, refs.vectors[key][at], refs.scales[key][at], exclude=np.arange(len(z)),
                    euclidean=refs.standard is not None)
 
