@@ -18,13 +18,12 @@ import csv
 import io
 import json
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from asd_ray import dataset, ground_truth, metrics, report_html, schema, storage
 from asd_ray.config import JobConfig
-from asd_ray.score import read_scores
+from asd_ray.score_output import read_scores, score_columns, sections
 from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
 
@@ -47,22 +46,24 @@ class EvaluateConfig(JobConfig, Tracked):
 
 def evaluate_table(table: pa.Table) -> tuple[list[dict], dict[str, float], float]:
     """Per-section rows, per-machine harmonic means of all their AUCs and pAUCs, and the official score."""
-    d = table.to_pydict()
-    unknown = sum(1 for lab, dom in zip(d["label"], d["domain"]) if lab is None or dom is None)
+    return evaluate_columns(score_columns(table))
+
+
+def evaluate_columns(d: dict) -> tuple[list[dict], dict[str, float], float]:
+    """:func:`evaluate_table` of the scores as ``score_columns``."""
+    unknown = int(((d["label"] == None) | (d["domain"] == None)).sum())  # noqa: E711 (elementwise)
     if unknown:
-        raise ValueError(f"cannot evaluate: {unknown} of {table.num_rows} clips have no label or no domain (an "
+        raise ValueError(f"cannot evaluate: {unknown} of {len(d['score'])} clips have no label or no domain (an "
                          f"evaluation set without ground truth). Evaluation needs labels: give ground_truth=<folder "
                          f"with the DCASE evaluator's ground_truth_data/, ground_truth_domain/ and "
                          f"ground_truth_attributes/>, or score a labelled test set")
-    label = np.array([v == "anomaly" for v in d["label"]], dtype=int)
-    domain, score = np.array(d["domain"]), np.array(d["score"])
-    machine, section = np.array(d["machine"]), np.array(d["section"])
+    label = (d["label"] == "anomaly").astype(int)
+    domain, score, machine = d["domain"], d["score"], d["machine"]
     # a dataset without any target clip has one domain (DCASE 2020, MIMII): AUC and pAUC, no target AUC
     measured = ("source", "target") if (domain == "target").any() else ("source",)
     columns = COLUMNS if len(measured) == 2 else ("auc_source", "pauc")
     rows = []
-    for m, s in sorted(set(zip(d["machine"], d["section"]))):
-        keep = (machine == m) & (section == s)
+    for (m, s), keep in sections(d):
         rows.append({"machine": m, "section": s, **metrics.section_metrics(label[keep], domain[keep], score[keep],
                                                                            machine=m, section=s, measured=measured)})
     per_machine = {m: metrics.official_score([r for r in rows if r["machine"] == m], columns)
@@ -91,30 +92,31 @@ def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: flo
     return "\n".join(lines) + "\n"
 
 
-def plots(table: pa.Table) -> dict[str, bytes]:
+def plots(d: dict) -> dict[str, bytes]:
     """report.md's ROC curve and score histogram per machine type (report.html's plots, drawn over
-    all of the machine's sections)."""
-    d = {k: np.array(v, dtype=object if k != "score" else float) for k, v in table.to_pydict().items()}
+    all of the machine's sections); ``d``: the scores as ``score_columns``."""
     files = {}
     for m in sorted(set(d["machine"].tolist())):
         schema.check_name("machine", m, "scores")  # it becomes a file name
         keep = d["machine"] == m
-        thr = report_html.threshold(d["score"][keep], np.array(d["decision"][keep], dtype=float))
+        thr = report_html.threshold(d["score"][keep], d["decision"][keep])
         roc, hist = report_html.section_plots(d["score"][keep], d["domain"][keep], d["label"][keep], thr, m)
         files.update({f"roc_{m}.png": roc, f"hist_{m}.png": hist})
     return files
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    table = read_scores(cfg.scores, cfg.storage)
+    table = read_scores(cfg.scores, cfg.storage, by_clip_id=False)  # no order needed: no sorted copy
     if cfg.ground_truth:
         table = ground_truth.apply(table, cfg.ground_truth, cfg.storage)
     labelled = table.num_rows > 0 and table["label"].null_count == 0 and table["domain"].null_count == 0
+    d = score_columns(table)
+    del table  # the columns hold what evaluation needs, a few bytes a clip
     files: dict[str, bytes] = {}
     result: dict = {"rows": None, "per_machine": {}, "machine_means": {}, "official_score": None, "markdown": ""}
     if labelled:
-        result = metrics_files(table, cfg, files)
-    html_page = report_page(table, result["rows"], result["official_score"], cfg)
+        result = metrics_files(d, cfg, files)
+    html_page = report_page(d, result["rows"], result["official_score"], cfg)
     # the reports go last and old ones are removed first: an evaluation folder with a report is complete
     for name in ("report.md", "report.html"):
         storage.remove(storage.join(cfg.out_url, name), cfg.storage)
@@ -126,9 +128,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             "report_html": storage.join(cfg.out_url, "report.html")}
 
 
-def metrics_files(table: pa.Table, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict:
-    """The metrics of a labelled set: results.csv, results.md, report.md and its images into ``files``."""
-    rows, per_machine, overall = evaluate_table(table)
+def metrics_files(d: dict, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict:
+    """The metrics of a labelled set (``d``: its scores as ``score_columns``): results.csv, results.md,
+    report.md and its images into ``files``."""
+    rows, per_machine, overall = evaluate_columns(d)
     md = markdown_table(rows, per_machine, overall)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -141,21 +144,19 @@ def metrics_files(table: pa.Table, cfg: EvaluateConfig, files: dict[str, bytes])
             writer.writerow([m, name, *(f"{means[m][f'{kind}_{c}']:.6f}" for c in COLUMNS), ""])
         writer.writerow([m, "all", "", "", "", f"{per_machine[m]:.6f}"])
     writer.writerow(["all", "official score", "", "", "", f"{overall:.6f}"])
-    report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({table.num_rows} clips). Metrics as the "
+    report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({len(d['score'])} clips). Metrics as the "
               "official DCASE evaluator computes them (AUC per domain with all anomalies; pAUC at FPR <= 0.1; "
               "official score = harmonic mean). Look and listen: `report.html`.", "", md]
     for m in sorted(per_machine):
         report += [f"## {m}", "", f"![ROC {m}](roc_{m}.png) ![scores {m}](hist_{m}.png)", ""]
-    files.update({**plots(table), "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
+    files.update({**plots(d), "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
                   "report.md": "\n".join(report).encode()})
     return {"rows": rows, "per_machine": per_machine, "machine_means": means, "official_score": overall,
             "markdown": md}
 
 
-def report_page(table: pa.Table, rows: list[dict] | None, official: float | None, cfg: EvaluateConfig) -> str:
+def report_page(d: dict, rows: list[dict] | None, official: float | None, cfg: EvaluateConfig) -> str:
     """report.html, with the shown clips' audio read from the scored dataset (named in the manifest)."""
-    d = {k: np.array(v, dtype=object if k != "score" else float) for k, v in table.to_pydict().items()}
-    d["decision"] = np.array(table["decision"].to_pylist(), dtype=float)
     manifest = json.loads(storage.read_bytes(storage.join(cfg.scores, "manifest.json"), cfg.storage))
     data = manifest.get("config", {}).get("data")
     clips: dict = {}
@@ -164,7 +165,7 @@ def report_page(table: pa.Table, rows: list[dict] | None, official: float | None
         if data:
             clips.update(dataset.read_some_clips(data, "test", machine, ids, cfg.storage))
     title = "Anomaly detection report" if rows is not None else "Anomaly scores (unlabelled set)"
-    summary = (f"Scores: {cfg.scores} ({table.num_rows} clips) of {data}. "
+    summary = (f"Scores: {cfg.scores} ({len(d['score'])} clips) of {data}. "
                + (f"Official score {100 * official:.2f}." if rows is not None else
                   "No labels: score distributions and the highest-scoring clips; metrics need a labelled set "
                   "or ground_truth=<folder>."))

@@ -18,9 +18,11 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 import pyarrow as pa
 
 from asd_ray import schema, storage
+from asd_ray.score_output import score_columns, sections
 from asd_ray.storage import StorageOptions
 
 FOLDERS = {"label": "ground_truth_data", "domain": "ground_truth_domain", "names": "ground_truth_attributes"}
@@ -47,12 +49,11 @@ def _read(url: str, options: StorageOptions | None, allowed: dict[str, str] | No
 
 def apply(table: pa.Table, root: str, options: StorageOptions | None = None) -> pa.Table:
     """``table`` (scores) with ``domain`` and ``label`` from the ground truth under ``root``."""
-    d = table.to_pydict()
-    domains, labels = list(d["domain"]), list(d["label"])
-    rows_of: dict[tuple[str, str], list[int]] = {}
-    for i, key in enumerate(zip(d["machine"], d["section"])):
-        rows_of.setdefault(key, []).append(i)
-    for (machine, section), rows in sorted(rows_of.items()):
+    d = score_columns(table)
+    domains, labels = d["domain"].copy(), d["label"].copy()
+    for (machine, section), keep in sections(d):
+        rows = np.flatnonzero(keep)
+        clip_ids = d["clip_id"].take(pa.array(rows)).to_pylist()
         schema.check_name("machine", machine, "scores")
         schema.check_name("section", section, "scores")
         truth = {kind: _read(_url(root, kind, machine, section), options, VALUES[kind]) for kind in VALUES}
@@ -60,17 +61,17 @@ def apply(table: pa.Table, root: str, options: StorageOptions | None = None) -> 
         full_to_file = ({f"{full.removesuffix('.wav')}.wav": f for f, full in _read(names_url, options, None).items()}
                         if storage.exists(names_url, options) else {})
         seen = set()
-        for i in rows:
-            name = d["clip_id"][i].rsplit("/", 1)[-1] + ".wav"
+        for i, clip_id in zip(rows, clip_ids):
+            name = clip_id.rsplit("/", 1)[-1] + ".wav"
             file = name if name in truth["label"] else full_to_file.get(name, name)
             if file not in truth["label"] or file not in truth["domain"]:
                 missing = _url(root, "label" if file not in truth["label"] else "domain", machine, section)
-                raise ValueError(f"{missing}: no row for scored clip {d['clip_id'][i]} ({name})")
+                raise ValueError(f"{missing}: no row for scored clip {clip_id} ({name})")
             labels[i], domains[i] = truth["label"][file], truth["domain"][file]
             seen.add(file)
         unscored = sorted(set(truth["label"]) - seen)
         if unscored:
             raise ValueError(f"{_url(root, 'label', machine, section)}: {len(unscored)} clips have ground truth but "
                              f"no score (e.g. {unscored[0]}): score the whole section, or evaluate another output")
-    return (table.set_column(table.schema.get_field_index("domain"), "domain", pa.array(domains, pa.string()))
-            .set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.string())))
+    return (table.set_column(table.schema.get_field_index("domain"), "domain", pa.array(domains.tolist(), pa.string()))
+            .set_column(table.schema.get_field_index("label"), "label", pa.array(labels.tolist(), pa.string())))

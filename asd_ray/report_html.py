@@ -25,6 +25,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from asd_ray import metrics  # noqa: E402
 from asd_ray.autoencoder import mel_filterbank  # noqa: E402
 from asd_ray.schema import PCM16_FULL_SCALE  # noqa: E402
+from asd_ray.score_output import sections  # noqa: E402
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}.clip{display:inline-block;
@@ -42,17 +43,26 @@ def threshold(score: np.ndarray, decision: np.ndarray) -> float | None:
     return float(normal.max()) if len(normal) else float(anomalous.min()) if len(anomalous) else None
 
 
-def pick_clips(clip_id: np.ndarray, score: np.ndarray, label: np.ndarray | None, thr: float | None,
-               top: int, near: int) -> list[tuple[str, str]]:
-    """``(clip id, why shown)``: the highest scores, then (labelled) the normal clips closest to the threshold."""
+def pick_clips(score: np.ndarray, label: np.ndarray | None, thr: float | None, top: int,
+               near: int) -> list[tuple[int, str]]:
+    """``(index, why shown)``: the highest scores, then (labelled) the normal clips closest to the threshold."""
     order = np.argsort(-score)[:top]
-    picked = [(str(clip_id[i]), f"top {k + 1}") for k, i in enumerate(order)]
+    picked = [(int(i), f"top {k + 1}") for k, i in enumerate(order)]
     if label is not None and thr is not None and near:
         normal = np.flatnonzero(label == "normal")
         closest = normal[np.argsort(np.abs(score[normal] - thr))]
-        seen = {c for c, _ in picked}
-        picked += [(str(clip_id[i]), "normal near threshold") for i in closest if str(clip_id[i]) not in seen][:near]
+        seen = {i for i, _ in picked}
+        picked += [(int(i), "normal near threshold") for i in closest if int(i) not in seen][:near]
     return picked
+
+
+def shown(table: dict, sel: np.ndarray, labelled: bool, top: int, near: int) -> list[tuple[int, str, str]]:
+    """``(row, clip id, why shown)`` of one section's clips on the page (``sel``: its rows)."""
+    rows = np.flatnonzero(sel)
+    score = table["score"][rows]
+    thr = threshold(score, table["decision"][rows])
+    picked = pick_clips(score, table["label"][rows] if labelled else None, thr, top, near)
+    return [(int(rows[i]), table["clip_id"][int(rows[i])].as_py(), why) for i, why in picked]
 
 
 def logmel_png(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -108,7 +118,7 @@ def section_plots(score: np.ndarray, domain: np.ndarray, label: np.ndarray | Non
 
 def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[str, tuple[np.ndarray, int]],
            title: str, summary: str, top: int = 3, near: int = 2) -> str:
-    """The page. ``table``: the scores as numpy columns; ``rows``: the per-section metrics (None for
+    """The page. ``table``: the scores as ``score_output.score_columns``; ``rows``: the per-section metrics (None for
     an unlabelled set); ``clips``: audio of the clips :func:`clips_to_show` named."""
     esc = html.escape
     labelled = rows is not None
@@ -128,8 +138,7 @@ def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[st
         parts += [_img(png, f"{machine} {section}") for png in section_plots(score, domain, label, thr,
                                                                               f"{machine} {section}")]
         parts.append("<div>")
-        for clip, why in pick_clips(table["clip_id"][sel], score, label, thr, top, near):
-            i = int(np.flatnonzero(table["clip_id"] == clip)[0])
+        for i, clip, why in shown(table, sel, labelled, top, near):
             facts = f"score {table['score'][i]:.4g}, {table['domain'][i] or 'domain unknown'}"
             if labelled:
                 facts += f", {table['label'][i]}"
@@ -148,21 +157,12 @@ def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[st
     return "".join(parts)
 
 
-def sections(table: dict[str, np.ndarray]):
-    keys = sorted(set(zip(table["machine"].tolist(), table["section"].tolist())))
-    return [((m, s), (table["machine"] == m) & (table["section"] == s)) for m, s in keys]
-
-
 def clips_to_show(table: dict[str, np.ndarray], labelled: bool, top: int = 3,
                   near: int = 2) -> dict[str, list[str]]:
     """Machine type -> the clip ids the page shows."""
     out: dict[str, list[str]] = {}
     for (machine, _), sel in sections(table):
-        score = table["score"][sel]
-        thr = threshold(score, table["decision"][sel])
-        label = table["label"][sel] if labelled else None
-        out.setdefault(machine, []).extend(c for c, _ in pick_clips(table["clip_id"][sel], score, label, thr,
-                                                                    top, near))
+        out.setdefault(machine, []).extend(clip for _, clip, _ in shown(table, sel, labelled, top, near))
     return out
 
 

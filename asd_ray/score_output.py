@@ -16,6 +16,7 @@ import json
 from collections import defaultdict
 from contextlib import ExitStack
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -99,16 +100,47 @@ def finish_outputs(out: str, options: StorageOptions | None, config: dict, expec
             "groups": sorted(f"{m} section {s}" for m, s in groups)}
 
 
-def read_scores(url: str, options: StorageOptions | None = None) -> pa.Table:
-    """The scores of a complete scoring output (one with a manifest), by clip id: every scored
-    clip (those that could not be scored are in ``unscored.csv``). For evaluation and reports:
-    this one reads the whole table."""
+def read_scores(url: str, options: StorageOptions | None = None, by_clip_id: bool = True) -> pa.Table:
+    """The scores of a complete scoring output (one with a manifest), by clip id (or, without
+    ``by_clip_id``, in the shards' order, without a sorted copy): every scored clip (those that
+    could not be scored are in ``unscored.csv``). For evaluation and reports: this one reads the
+    whole table."""
     if not storage.exists(storage.join(url, "manifest.json"), options):
         raise FileNotFoundError(f"{url}: no manifest.json - not a scoring output, or an incomplete one")
     columns = [*META, "score", "decision", "reason"]
-    tables = [pa.Table.from_batches([b]) for b in _batches(url, options, columns)]
+    # each batch filtered as it comes: the unfiltered table is never held whole
+    tables = [pa.Table.from_batches([b]).filter(b["reason"].is_null()).drop_columns(["reason"])
+              for b in _batches(url, options, columns)]
     empty = pa.table({**{c: pa.array([], pa.string()) for c in META}, "score": pa.array([], pa.float64()),
-                      "decision": pa.array([], pa.int8()), "reason": pa.array([], pa.string())})
+                      "decision": pa.array([], pa.int8())})
     table = pa.concat_tables(tables) if tables else empty
-    table = table.filter(table["reason"].is_null()).drop_columns(["reason"])
-    return table.sort_by("clip_id")
+    del tables
+    return table.sort_by("clip_id") if by_clip_id else table
+
+
+def score_columns(table: pa.Table) -> dict[str, np.ndarray | pa.Array]:
+    """A scores table as numpy columns, a few bytes a clip: ``machine``, ``section``, ``domain`` and
+    ``label`` (few distinct values) as object arrays that point at one string per value (None where
+    unknown), ``score`` and ``decision`` as floats, ``clip_id`` left an Arrow array (the callers take
+    the few ids they show). ``to_pydict`` made a string object per clip and column instead: 0.8 GB a
+    million clips (``benchmarks/evaluate_memory.py``)."""
+    def column(name: str) -> pa.Array:
+        chunks = table[name].chunks
+        return pa.concat_arrays(chunks) if chunks else pa.array([], table.schema.field(name).type)
+
+    out: dict[str, np.ndarray | pa.Array] = {}
+    for name in ("machine", "section", "domain", "label"):
+        encoded = column(name).cast(pa.string()).dictionary_encode()
+        values = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+        out[name] = values[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)]
+    for name in ("score", "decision"):
+        if name in table.column_names:
+            out[name] = column(name).to_numpy(zero_copy_only=False).astype(float)
+    out["clip_id"] = column("clip_id")
+    return out
+
+
+def sections(table: dict[str, np.ndarray]) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """``((machine, section), its rows as a mask)`` of ``score_columns``, sorted."""
+    keys = sorted(set(zip(table["machine"], table["section"])))
+    return [((m, s), (table["machine"] == m) & (table["section"] == s)) for m, s in keys]

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import metrics
 from asd_ray.evaluate import evaluate_table, markdown_table
+from asd_ray.score_output import score_columns, sections
 
 # a section: 4 normal + 4 anomalous clips per domain
 DOMAINS = np.array(["source"] * 8 + ["target"] * 8)
@@ -163,3 +164,17 @@ def test_a_one_domain_dataset_is_ranked_by_auc_and_pauc():
                                                           pa.compute.equal(table["label"], "normal"))))
     with pytest.raises(metrics.MetricError, match="target: AUC needs"):  # target anomalies, no target normals
         evaluate_table(both)
+
+
+def test_score_columns_hold_one_string_per_distinct_value_and_keep_unknowns():
+    """What evaluate holds per clip: pointers to shared strings (not a string object per clip and
+    column, as to_pydict made), unknown domains as None, clip ids as Arrow strings."""
+    table = _scores_table()
+    table = table.set_column(table.schema.get_field_index("domain"), "domain",
+                             pa.array([None] + table["domain"].to_pylist()[1:], pa.string()))
+    d = score_columns(table)
+    assert len({id(v) for v in d["machine"]}) == 2 and len({id(v) for v in d["label"]}) == 2
+    assert d["domain"][0] is None and d["domain"][1] == table["domain"][1].as_py()
+    assert d["score"].dtype == np.float64 and np.array_equal(d["score"], table["score"].to_numpy())
+    assert d["clip_id"][5].as_py() == table["clip_id"][5].as_py()
+    assert [key for key, _ in sections(d)] == [(m, s) for m in ("fan", "pump") for s in ("00", "01")]
