@@ -56,6 +56,8 @@ def _ingest(args: argparse.Namespace) -> int:
           f"rejected {summary['rejected']} files (listed in {summary['rejects_file']})")
     for path, reason in summary["rejects"]:
         print(f"  rejected {path}: {reason}")
+    if summary["rejected"] > len(summary["rejects"]):
+        print(f"  ... and {summary['rejected'] - len(summary['rejects'])} more in {summary['rejects_file']}")
     return DONE_WITH_UNUSED_INPUT if summary["rejected"] else DONE
 
 

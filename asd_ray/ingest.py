@@ -2,7 +2,8 @@
 
 Reads every published DCASE layout (2020-2025, dev and eval), MIMII, MIMII DUE and ToyADMOS2 as
 :mod:`asd_ray.layouts` describes them, each file's metadata from its path.
-Files are read in parallel Ray tasks, one task per output shard. A bad file (unreadable, empty,
+The source is listed one folder at a time and its files stream into parallel Ray tasks, one task
+per output shard, a bounded number in flight: the driver never holds the whole listing. A bad file (unreadable, empty,
 wrong sample rate, multi-channel, unparseable name) goes to ``<dest>/_rejects.csv`` with the
 reason; the good ones are written. Shard names are stable and shards of earlier runs that this run
 did not write are removed, so a re-run replaces instead of duplicating; readers see the old set of
@@ -14,6 +15,10 @@ from __future__ import annotations
 
 import csv
 import io
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,34 +92,65 @@ def read_wav(data: bytes, expected_rate: int, channel: int | None = None) -> np.
     return audio[:, 0]
 
 
-def discover(cfg: IngestConfig) -> tuple[list[WavFile], list[tuple[str, str]]]:
-    """Every WAV file under ``src`` with what its path says (:mod:`asd_ray.layouts`); files that no
-    layout explains are rejects. A folder of which no file fits any layout is an error."""
+Reject = tuple[str, str]  # (url, reason)
+
+
+def discover(cfg: IngestConfig) -> Iterator[WavFile | Reject]:
+    """Every WAV file under ``src`` with what its path says (:mod:`asd_ray.layouts`), or a reject
+    where no layout explains it, yielded one folder at a time in name order. Only the folder being
+    listed is held (its names and sizes), and of MIMII the clips of one group until its split is
+    drawn: memory follows the largest folder, not the dataset."""
     fs, root = storage.fsspec_fs(cfg.src, cfg.storage)
     if not fs.isdir(root):
         raise FileNotFoundError(f"ingest source {cfg.src} is not a folder")
-    files, rejects, wavs = [], [], 0
-    for path, info in sorted(fs.find(root, detail=True).items()):
-        if not path.lower().endswith(".wav"):
+    root = root.rstrip("/")
+    groups: dict[str, list[WavFile]] = {}  # MIMII clips by their group's folder, until it is listed whole
+    yield from _folder(fs, cfg.src, root, root, groups)
+    for members in groups.values():  # none are left: each group's folder was listed above
+        yield from _drawn(members)
+
+
+def _folder(fs, src: str, root: str, folder: str, groups: dict[str, list[WavFile]]) -> Iterator[WavFile | Reject]:
+    entries = sorted(fs.ls(folder, detail=True), key=lambda e: e["name"])
+    fs.invalidate_cache(folder)  # s3fs keeps every listing it made: this one is not needed again
+    subfolders = []
+    for entry in entries:
+        path = entry["name"].rstrip("/")
+        if path == folder:  # an object store's folder marker
             continue
-        wavs += 1
-        url = storage.full_url(cfg.src, path)
-        parts = path[len(root):].strip("/").rsplit(".", 1)[0].split("/")
-        try:
-            clip = identify(parts)
-        except BadName as e:
-            rejects.append((url, str(e)))
-            continue
-        problem = schema.name_problem("machine", clip.machine)
-        if problem:
-            rejects.append((url, f"machine folder '{clip.machine}': {problem.split(': ', 1)[1]}"))
-            continue
-        files.append(WavFile(url, clip, int(info.get("size") or 0)))
-    if wavs and not files:
-        raise ValueError(f"{cfg.src}: none of its {wavs} WAV files is in a layout understood here ("
-                         + "; ".join(f"{name}: {text}" for name, text in LAYOUTS.items()) + f"); e.g. {rejects[0][0]}")
-    assign_splits([f.clip for f in files])
-    return files, rejects
+        if entry["type"] == "directory":
+            subfolders.append(path)
+        elif path.lower().endswith(".wav"):
+            item = _wav_file(src, root, path, int(entry.get("size") or 0), groups)
+            if item is not None:
+                yield item
+    for sub in subfolders:
+        yield from _folder(fs, src, root, sub, groups)
+    if folder in groups:  # a MIMII group: its normal/ and abnormal/ folders are both listed now
+        yield from _drawn(groups.pop(folder))
+
+
+def _wav_file(src: str, root: str, path: str, size: int,
+              groups: dict[str, list[WavFile]]) -> WavFile | Reject | None:
+    """The file as a WavFile, a reject, or (MIMII) held back in its group and returned as ``None``."""
+    url = storage.full_url(src, path)
+    try:
+        clip = identify(path[len(root):].strip("/").rsplit(".", 1)[0].split("/"))
+    except BadName as e:
+        return url, str(e)
+    problem = schema.name_problem("machine", clip.machine)
+    if problem:
+        return url, f"machine folder '{clip.machine}': {problem.split(': ', 1)[1]}"
+    wav = WavFile(url, clip, size)
+    if clip.split is None:
+        groups.setdefault(posixpath.dirname(posixpath.dirname(path)), []).append(wav)
+        return None
+    return wav
+
+
+def _drawn(members: list[WavFile]) -> list[WavFile]:
+    assign_splits([f.clip for f in members])
+    return members
 
 
 def ingest_chunk(cfg: IngestConfig, url: str, files: list[WavFile]) -> tuple[str | None, int, list[tuple[str, str]]]:
@@ -138,40 +174,102 @@ def ingest_chunk(cfg: IngestConfig, url: str, files: list[WavFile]) -> tuple[str
     return url, len(rows), rejects
 
 
-def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
-    """Run the ingest; returns a summary with the counts and every reject."""
-    cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
-    files, rejects = discover(cfg)
-    chunks = []
-    limit = cfg.shard_mb * 1e6
-    for split in schema.SPLITS:
-        for machine in sorted({f.machine for f in files if f.split == split}):
-            chunk: list[WavFile] = []
-            for f in (f for f in files if f.split == split and f.machine == machine):
-                if chunk and sum(c.size for c in chunk) + f.size > limit:
-                    chunks.append((split, machine, chunk))
-                    chunk = []
-                chunk.append(f)
-            if chunk:
-                chunks.append((split, machine, chunk))
-    jobs = shards.partition_shard_urls(cfg.dest, "ingest", shards.new_generation(), chunks)
-    task = ray.remote(num_cpus=1)(ingest_chunk)
-    pending = [task.remote(cfg, url, chunk) for url, chunk in jobs]
-    written, clips = set(), 0
-    meter = console.Progress("ingest", len(jobs), every_s=10 if progress else 0, unit="shards")
-    while pending:
-        done, pending = ray.wait(pending)
+class RejectLog:
+    """Rejected files, written to a local temporary CSV as they come (any number of them) and
+    published to ``_rejects.csv`` at the end; the first ``keep`` are kept for the summary."""
+
+    def __init__(self, keep: int = 100):
+        self.file = tempfile.TemporaryFile()
+        self.text = io.TextIOWrapper(self.file, encoding="utf-8", newline="")
+        self.writer = csv.writer(self.text)
+        self.writer.writerow(["path", "reason"])
+        self.count, self.keep, self.first = 0, keep, []
+
+    def add(self, rejects: list[Reject]) -> None:
+        self.writer.writerows(rejects)
+        self.count += len(rejects)
+        self.first += rejects[:self.keep - len(self.first)]
+
+    def publish(self, url: str, options: StorageOptions) -> None:
+        self.text.flush()
+        self.file.seek(0)
+        with storage.open_atomic(url, options) as out:
+            shutil.copyfileobj(self.file, out)
+        self.text.close()
+
+
+class ShardWriter:
+    """Files in, shard-writing Ray tasks out: one open chunk per (split, machine), sent as a task
+    when the next file would take it past ``shard_mb``; at most ``window`` tasks in flight."""
+
+    def __init__(self, cfg: IngestConfig, rejects: RejectLog, progress: bool):
+        self.cfg, self.rejects = cfg, rejects
+        self.generation = shards.new_generation()
+        self.task = ray.remote(num_cpus=1)(ingest_chunk)
+        self.window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self.chunks: dict[tuple[str, str], list[WavFile]] = {}
+        self.sizes: dict[tuple[str, str], int] = {}
+        self.index: dict[tuple[str, str], int] = {}  # shards sent per partition: the next one's number
+        self.pending: list[ray.ObjectRef] = []
+        self.written: set[str] = set()
+        self.clips = 0
+        self.meter = console.Progress("ingest", None, every_s=10 if progress else 0, unit="shards")
+
+    def add(self, f: WavFile) -> None:
+        key = (f.split, f.machine)
+        chunk = self.chunks.setdefault(key, [])
+        if chunk and self.sizes[key] + f.size > self.cfg.shard_mb * 1e6:
+            self._send(key)
+            chunk = self.chunks[key] = []
+            self.sizes[key] = 0
+        chunk.append(f)
+        self.sizes[key] = self.sizes.get(key, 0) + f.size
+
+    def finish(self) -> None:
+        for key in sorted(self.chunks):
+            if self.chunks[key]:
+                self._send(key)
+        while self.pending:
+            self._collect()
+
+    def _send(self, key: tuple[str, str]) -> None:
+        index = self.index.get(key, 0)
+        self.index[key] = index + 1
+        url = shards.shard_url(self.cfg.dest, *key, f"ingest-{index:05d}-{self.generation}")
+        self.pending.append(self.task.remote(self.cfg, url, self.chunks[key]))
+        while len(self.pending) >= self.window:
+            self._collect()
+
+    def _collect(self) -> None:
+        done, self.pending = ray.wait(self.pending)
         for shard, n, bad in ray.get(done):
-            written |= {shard} if shard else set()
-            clips += n
-            rejects += bad
-        meter.update(len(done))
+            self.written |= {shard} if shard else set()
+            self.clips += n
+            self.rejects.add(bad)
+        self.meter.update(len(done))
+
+
+def ingest(cfg: IngestConfig, progress: bool = True) -> dict:
+    """Run the ingest; returns a summary with the counts and the first rejects (all of them are
+    in ``_rejects.csv``). Files stream from the listing into shard-writing tasks: the driver holds
+    one folder's listing, one open chunk per partition and the tasks in flight."""
+    cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
+    rejects = RejectLog()
+    writer = ShardWriter(cfg, rejects, progress)
+    wavs = 0
+    for item in discover(cfg):  # one item per WAV file
+        wavs += 1
+        if isinstance(item, WavFile):
+            writer.add(item)
+        else:
+            rejects.add([item])
+    if wavs and not writer.chunks:
+        raise ValueError(f"{cfg.src}: none of its {wavs} WAV files is in a layout understood here ("
+                         + "; ".join(f"{name}: {text}" for name, text in LAYOUTS.items())
+                         + f"); e.g. {rejects.first[0][0]}")
+    writer.finish()
     # the new shards become the live set at once; the ones they replace go only then
-    shards.publish(cfg.dest, written, {(f.split, f.machine) for f in files}, cfg.storage)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "reason"])
-    writer.writerows(sorted(rejects))
-    storage.write_bytes_atomic(cfg.rejects_url, buf.getvalue().encode(), cfg.storage)
-    return {"src": cfg.src, "dest": cfg.dest, "clips": clips, "shards": len(written),
-            "rejected": len(rejects), "rejects_file": cfg.rejects_url, "rejects": sorted(rejects)}
+    shards.publish(cfg.dest, writer.written, writer.chunks, cfg.storage)
+    rejects.publish(cfg.rejects_url, cfg.storage)
+    return {"src": cfg.src, "dest": cfg.dest, "clips": writer.clips, "shards": len(writer.written),
+            "rejected": rejects.count, "rejects_file": cfg.rejects_url, "rejects": rejects.first}

@@ -150,8 +150,8 @@ LAYOUT_FILES = {
         "bearing/test/section_00_0001.wav": ("test", "00", None, None),  # eval
     },
 }
-MIMII = {f"-6_dB_pump/pump/id_02/{kind}/{i:08d}.wav": kind for kind, n in (("normal", 5), ("abnormal", 2))
-         for i in range(n)}
+MIMII = {f"{snr}_dB_pump/pump/id_02/{kind}/{i:08d}.wav": kind for snr, abnormal in (("-6", 2), ("6", 1))
+         for kind, n in (("normal", 5), ("abnormal", abnormal)) for i in range(n)}
 
 
 def test_every_published_layout_ingests(ray_local, tmp_path):
@@ -177,13 +177,15 @@ def test_every_published_layout_ingests(ray_local, tmp_path):
     gearbox = next(r for r in rows if r["clip_id"] == "gearbox/train/section_00_target_train_normal_0000_volt_1.3")
     assert dict(gearbox["attributes"]) == {"volt": "1.3"}
 
-    # MIMII: 8 channels, channel 0 kept; every abnormal clip and as many normal ones in test
+    # MIMII: 8 channels, channel 0 kept; per group (machine, SNR, id: two here, in two folders)
+    # every abnormal clip and as many normal ones in test
     pump = [r for r in rows if r["machine"] == "pump"]
-    assert all(r["audio"] == eight[:, 0].astype("<i2").tobytes() for r in pump)
-    test = [r for r in pump if r["split"] == "test"]
-    assert sorted(r["label"] for r in test) == ["anomaly"] * 2 + ["normal"] * 2
-    assert sum(r["split"] == "train" and r["label"] == "normal" for r in pump) == 3
-    assert all(dict(r["attributes"]) == {"snr": "-6dB"} and r["section"] == "02" for r in pump)
+    assert all(r["audio"] == eight[:, 0].astype("<i2").tobytes() and r["section"] == "02" for r in pump)
+    for snr, abnormal in (("-6dB", 2), ("6dB", 1)):
+        group = [r for r in pump if dict(r["attributes"]) == {"snr": snr}]
+        test = [r for r in group if r["split"] == "test"]
+        assert sorted(r["label"] for r in test) == ["anomaly"] * abnormal + ["normal"] * abnormal, snr
+        assert sum(r["split"] == "train" and r["label"] == "normal" for r in group) == 5 - abnormal, snr
     again = ingest(IngestConfig(src=str(src), dest=str(tmp_path / "again")), progress=False)
     rows_again = [r for u in shards.list_shards(again["dest"]) for r in shards.read_shard(u).to_pylist()]
     assert {r["clip_id"] for r in rows_again} == {r["clip_id"] for r in rows}  # the same split on a re-run
@@ -195,3 +197,42 @@ def test_a_folder_in_no_known_layout_is_an_error_naming_the_layouts(tmp_path):
     with pytest.raises(ValueError, match=r"none of its 2 WAV files is in a layout understood here \(dcase2022: .*"
                                          r"dcase2021: .*dcase2020: .*mimii: "):
         ingest(IngestConfig(src=str(tmp_path / "odd"), dest=str(tmp_path / "out")), progress=False)
+
+
+def test_the_source_is_listed_one_folder_at_a_time_as_files_stream_out(tmp_path, monkeypatch):
+    """discover lists a folder only when the files before it have been taken: the first file of a
+    tree of many machine folders comes after listing the root and that file's own folders, not the
+    whole tree (what lets ingest run on millions of files without holding their listing)."""
+    import fsspec.implementations.local as local
+
+    from asd_ray.ingest import WavFile, discover
+
+    for m in range(6):
+        for i in range(3):
+            storage.write_bytes_atomic(str(tmp_path / "src" / f"m{m}" / "train" /
+                                           f"section_00_source_train_normal_{i:04d}.wav"), _wav(_tone(0.05)))
+    listed = []
+    real_ls = local.LocalFileSystem.ls
+    monkeypatch.setattr(local.LocalFileSystem, "ls", lambda fs, path, *a, **k: listed.append(path) or real_ls(
+        fs, path, *a, **k))
+    files = discover(IngestConfig(src=str(tmp_path / "src"), dest=str(tmp_path / "out")))
+    first = next(files)
+    assert isinstance(first, WavFile) and first.url.endswith("m0/train/section_00_source_train_normal_0000.wav")
+    assert [p.rsplit("src", 1)[1] for p in listed] == ["", "/m0", "/m0/train"]
+    rest = list(files)
+    assert len(rest) == 6 * 3 - 1 and len(listed) == 1 + 6 * 2  # every folder once
+
+
+def test_rejects_beyond_the_summary_are_all_in_the_rejects_file(ray_local, tmp_path, capsys):
+    src, dest = tmp_path / "src", str(tmp_path / "clips")
+    storage.write_bytes_atomic(str(src / "fan/train/section_00_source_train_normal_0000.wav"), _wav(_tone(0.05)))
+    for i in range(130):
+        storage.write_bytes_atomic(str(src / f"fan/train/recording_{i:03d}.wav"), _wav(_tone(0.05)))
+    assert cli.main(["ingest", str(src), dest]) == 1
+    out = capsys.readouterr().out
+    assert "rejected 130 files" in out and out.count("unparseable name") == 100
+    assert f"... and 30 more in {dest}/_rejects.csv" in out
+    rejects = list(csv.reader(open(f"{dest}/_rejects.csv")))[1:]
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in rejects) == [f"recording_{i:03d}.wav" for i in range(130)]
+    assert [r["clip_id"] for u in shards.list_shards(dest) for r in shards.read_shard(u, columns=["clip_id"])
+            .to_pylist()] == ["fan/train/section_00_source_train_normal_0000"]
