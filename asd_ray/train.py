@@ -43,9 +43,9 @@ STATE_FILE = "state.pt"
 SETTINGS_FILE = "settings.json"
 # what a resumed run may change: where and how it runs (the input pipeline's buffers included),
 # and how many epochs it runs in all
-RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", "use_gpu", "cpus_per_worker", "epochs",
-             "checkpoint_every", "keep_checkpoints", "max_failures", "validation", "storage",
-             "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
+RESUMABLE = {"name", "storage_path", "bundle", "num_workers", "resize_check_s", "worker_wait_s", "use_gpu",
+             "cpus_per_worker", "epochs", "checkpoint_every", "keep_checkpoints", "max_failures", "validation",
+             "storage", "shuffle_buffer", "mix_row_groups", "block_clips", "input_buffer_mb", "reads_per_worker",
              "autoencoder_epochs", "progress_s", "tracking", "tracking_uri", "experiment",
              "ensemble", "framestats", "tonal"}
 # settings that runs recorded before the setting existed were trained with
@@ -61,6 +61,8 @@ class TrainConfig(JobConfig, Tracked):
     num_workers: int | tuple[int, int] = Field(1, description="training workers; [min, max]: elastic, it carries on "
                                                "with as few as min when nodes are lost and grows back to max")
     resize_check_s: float = Field(60.0, gt=0, description="elastic runs: how often Ray Train looks for room to grow")
+    worker_wait_s: float = Field(60.0, gt=0, description="how long a start or restart waits for room for its workers "
+                                 "before it tries again; an elastic run that lost a node tries with fewer then")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data's readers")
     epochs: int = Field(6, ge=1, description="6 beat 10 and 16 in the quality benchmark (README: quality)")
@@ -322,6 +324,8 @@ def make_trainer(cfg: TrainConfig, labels: LabelMap, callbacks: list | None = No
     workers = cfg.num_workers if isinstance(cfg.num_workers, int) else "{} to {}".format(*cfg.num_workers)
     print(f"train: {len(labels)} auxiliary classes; {workers} worker(s), gpu={cfg.use_gpu}; "
           f"run '{cfg.name}' in {cfg.storage_path}", flush=True)
+    # Ray Train reads it from the environment of the process that starts the run and hands it on
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.worker_wait_s)
     return ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "classes": labels.classes,

@@ -412,9 +412,11 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_when_one_joins(c
     once it has grown; its last checkpoint records every epoch so far once, with its worker count."""
     nodes, env = cluster
     nodes.only_workers("elastic-a", "elastic-b")
+    # worker_wait_s: the first restart after the loss asks for two workers (Ray's view of the nodes
+    # is stale) and waits this long before it tries with one (README: training)
     submit(nodes.address, env, "train-elastic", *train_args(
-        submitted["data"], submitted["runs"], "elastic", "num_workers=[1,2]", "resize_check_s=1", "epochs=60"),
-        wait=False)
+        submitted["data"], submitted["runs"], "elastic", "num_workers=[1,2]", "resize_check_s=1", "worker_wait_s=10",
+        "epochs=60"), wait=False)
     deadline = time.time() + 420
 
     def epoch_workers() -> list[int]:
@@ -444,6 +446,8 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_when_one_joins(c
         time.sleep(1.0)
     job(nodes.address, env, "stop", "train-elastic")
 
+    # a restart that waited for room waited worker_wait_s, not Ray Train's default 60 s
+    assert set(re.findall(r"startup timed out after ([\d.]+) seconds", nodes.job_logs("train-elastic"))) <= {"10.0"}
     history = last_checkpoints_history()
     assert [m["epoch"] for m in history] == list(range(len(history)))  # every epoch once, none lost
     workers = [m["workers"] for m in history]
