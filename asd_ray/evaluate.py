@@ -6,6 +6,8 @@ harmonic means and asd_ray's harmonic mean of all three; the official score) and
 with ROC curves and score histograms per machine type as PNG images; and ``report.html``, one
 self-contained page per machine and section to look at and listen to (:mod:`asd_ray.report_html`).
 A set without labels gets ``report.html`` alone (score distributions, highest-scoring clips).
+The scores are read in two streaming passes (:mod:`asd_ray.score_summary`): an unlabelled set takes
+the same memory at any size, a labelled one 10 bytes a clip.
 
 Evaluation needs each clip's domain and label. A scored evaluation set (``section_XX_NNNN.wav``:
 neither is known) is evaluated with the official evaluator's ground-truth files
@@ -18,12 +20,14 @@ import csv
 import io
 import json
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from asd_ray import dataset, ground_truth, metrics, report_html, schema, storage
 from asd_ray.config import JobConfig
-from asd_ray.score_output import read_scores, score_columns, sections
+from asd_ray.score_output import read_scores, scored_batches
+from asd_ray.score_summary import BINS, Summary, summarize, threshold
 from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
 
@@ -46,28 +50,27 @@ class EvaluateConfig(JobConfig, Tracked):
 
 def evaluate_table(table: pa.Table) -> tuple[list[dict], dict[str, float], float]:
     """Per-section rows, per-machine harmonic means of all their AUCs and pAUCs, and the official score."""
-    return evaluate_columns(score_columns(table))
+    return evaluate_summary(summarize(table.to_batches))
 
 
-def evaluate_columns(d: dict) -> tuple[list[dict], dict[str, float], float]:
-    """:func:`evaluate_table` of the scores as ``score_columns``."""
-    unknown = int(((d["label"] == None) | (d["domain"] == None)).sum())  # noqa: E711 (elementwise)
-    if unknown:
-        raise ValueError(f"cannot evaluate: {unknown} of {len(d['score'])} clips have no label or no domain (an "
+def evaluate_summary(summary: Summary) -> tuple[list[dict], dict[str, float], float]:
+    """:func:`evaluate_table` of a scoring output's :class:`Summary`."""
+    if not summary.labelled:
+        raise ValueError(f"cannot evaluate: {summary.unknown} of {summary.clips} clips have no label or no domain (an "
                          f"evaluation set without ground truth). Evaluation needs labels: give ground_truth=<folder "
                          f"with the DCASE evaluator's ground_truth_data/, ground_truth_domain/ and "
                          f"ground_truth_attributes/>, or score a labelled test set")
-    label = (d["label"] == "anomaly").astype(int)
-    domain, score, machine = d["domain"], d["score"], d["machine"]
     # a dataset without any target clip has one domain (DCASE 2020, MIMII): AUC and pAUC, no target AUC
-    measured = ("source", "target") if (domain == "target").any() else ("source",)
+    measured = ("source", "target") if summary.has_target else ("source",)
     columns = COLUMNS if len(measured) == 2 else ("auc_source", "pauc")
     rows = []
-    for (m, s), keep in sections(d):
-        rows.append({"machine": m, "section": s, **metrics.section_metrics(label[keep], domain[keep], score[keep],
-                                                                           machine=m, section=s, measured=measured)})
+    for s in summary.ordered():
+        score, anomaly, target = s.arrays()
+        rows.append({"machine": s.machine, "section": s.section, **metrics.section_metrics(
+            anomaly.astype(int), np.where(target, "target", "source"), score, machine=s.machine, section=s.section,
+            measured=measured)})
     per_machine = {m: metrics.official_score([r for r in rows if r["machine"] == m], columns)
-                   for m in sorted(set(machine))}
+                   for m in summary.machines()}
     return rows, per_machine, metrics.official_score(rows, columns)
 
 
@@ -92,46 +95,50 @@ def markdown_table(rows: list[dict], per_machine: dict[str, float], overall: flo
     return "\n".join(lines) + "\n"
 
 
-def plots(d: dict) -> dict[str, bytes]:
+def plots(summary: Summary) -> dict[str, bytes]:
     """report.md's ROC curve and score histogram per machine type (report.html's plots, drawn over
-    all of the machine's sections); ``d``: the scores as ``score_columns``."""
+    all of the machine's sections) of a labelled set."""
     files = {}
-    for m in sorted(set(d["machine"].tolist())):
+    for m in summary.machines():
         schema.check_name("machine", m, "scores")  # it becomes a file name
-        keep = d["machine"] == m
-        thr = report_html.threshold(d["score"][keep], d["decision"][keep])
-        roc, hist = report_html.section_plots(d["score"][keep], d["domain"][keep], d["label"][keep], thr, m)
-        files.update({f"roc_{m}.png": roc, f"hist_{m}.png": hist})
+        mine = [s for s in summary.ordered() if s.machine == m]
+        score, anomaly, target = (np.concatenate(a) for a in zip(*(s.arrays() for s in mine)))
+        thr = threshold(max(s.highest_normal for s in mine), min(s.lowest_anomalous for s in mine))
+        edges = np.linspace(score.min(), score.max() + 1e-9, BINS)
+        files[f"roc_{m}.png"] = report_html.roc_png(score, anomaly, target, m)
+        files[f"hist_{m}.png"] = report_html.histogram_png(
+            edges, report_html.labelled_histogram(score, anomaly, target, edges), thr, m)
     return files
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    table = read_scores(cfg.scores, cfg.storage, by_clip_id=False)  # no order needed: no sorted copy
-    if cfg.ground_truth:
-        table = ground_truth.apply(table, cfg.ground_truth, cfg.storage)
-    labelled = table.num_rows > 0 and table["label"].null_count == 0 and table["domain"].null_count == 0
-    d = score_columns(table)
-    del table  # the columns hold what evaluation needs, a few bytes a clip
+    def batches():  # the scores, a batch at a time (each pass reads them again)
+        return scored_batches(cfg.scores, cfg.storage)
+
+    if cfg.ground_truth:  # evaluation sets are small: their scores are read whole to take the ground truth
+        table = ground_truth.apply(read_scores(cfg.scores, cfg.storage, by_clip_id=False), cfg.ground_truth,
+                                   cfg.storage)
+        batches = table.to_batches
+    summary = summarize(batches)
     files: dict[str, bytes] = {}
     result: dict = {"rows": None, "per_machine": {}, "machine_means": {}, "official_score": None, "markdown": ""}
-    if labelled:
-        result = metrics_files(d, cfg, files)
-    html_page = report_page(d, result["rows"], result["official_score"], cfg)
+    if summary.labelled:
+        result = metrics_files(summary, cfg, files)
+    html_page = report_page(summary, result["rows"], result["official_score"], cfg)
     # the reports go last and old ones are removed first: an evaluation folder with a report is complete
     for name in ("report.md", "report.html"):
         storage.remove(storage.join(cfg.out_url, name), cfg.storage)
     files["report.html"] = html_page.encode()
     for name, data in files.items():
         storage.write_bytes_atomic(storage.join(cfg.out_url, name), data, cfg.storage)
-    return {**result, "labelled": labelled, "files": sorted(files),
-            "report": storage.join(cfg.out_url, "report.md" if labelled else "report.html"),
+    return {**result, "labelled": summary.labelled, "files": sorted(files),
+            "report": storage.join(cfg.out_url, "report.md" if summary.labelled else "report.html"),
             "report_html": storage.join(cfg.out_url, "report.html")}
 
 
-def metrics_files(d: dict, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict:
-    """The metrics of a labelled set (``d``: its scores as ``score_columns``): results.csv, results.md,
-    report.md and its images into ``files``."""
-    rows, per_machine, overall = evaluate_columns(d)
+def metrics_files(summary: Summary, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict:
+    """The metrics of a labelled set: results.csv, results.md, report.md and its images into ``files``."""
+    rows, per_machine, overall = evaluate_summary(summary)
     md = markdown_table(rows, per_machine, overall)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -144,29 +151,29 @@ def metrics_files(d: dict, cfg: EvaluateConfig, files: dict[str, bytes]) -> dict
             writer.writerow([m, name, *(f"{means[m][f'{kind}_{c}']:.6f}" for c in COLUMNS), ""])
         writer.writerow([m, "all", "", "", "", f"{per_machine[m]:.6f}"])
     writer.writerow(["all", "official score", "", "", "", f"{overall:.6f}"])
-    report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({len(d['score'])} clips). Metrics as the "
+    report = ["# Anomaly detection report", "", f"Scores: `{cfg.scores}` ({summary.clips} clips). Metrics as the "
               "official DCASE evaluator computes them (AUC per domain with all anomalies; pAUC at FPR <= 0.1; "
               "official score = harmonic mean). Look and listen: `report.html`.", "", md]
     for m in sorted(per_machine):
         report += [f"## {m}", "", f"![ROC {m}](roc_{m}.png) ![scores {m}](hist_{m}.png)", ""]
-    files.update({**plots(d), "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
+    files.update({**plots(summary), "results.md": md.encode(), "results.csv": buf.getvalue().encode(),
                   "report.md": "\n".join(report).encode()})
     return {"rows": rows, "per_machine": per_machine, "machine_means": means, "official_score": overall,
             "markdown": md}
 
 
-def report_page(d: dict, rows: list[dict] | None, official: float | None, cfg: EvaluateConfig) -> str:
+def report_page(summary: Summary, rows: list[dict] | None, official: float | None, cfg: EvaluateConfig) -> str:
     """report.html, with the shown clips' audio read from the scored dataset (named in the manifest)."""
     manifest = json.loads(storage.read_bytes(storage.join(cfg.scores, "manifest.json"), cfg.storage))
     data = manifest.get("config", {}).get("data")
     clips: dict = {}
-    for machine, ids in report_html.clips_to_show(d, rows is not None).items():
+    for machine, ids in report_html.clips_to_show(summary, rows is not None).items():
         schema.check_name("machine", machine, "scores")
         if data:
             clips.update(dataset.read_some_clips(data, "test", machine, ids, cfg.storage))
     title = "Anomaly detection report" if rows is not None else "Anomaly scores (unlabelled set)"
-    summary = (f"Scores: {cfg.scores} ({len(d['score'])} clips) of {data}. "
-               + (f"Official score {100 * official:.2f}." if rows is not None else
-                  "No labels: score distributions and the highest-scoring clips; metrics need a labelled set "
-                  "or ground_truth=<folder>."))
-    return report_html.render(d, rows, clips, title, summary)
+    text = (f"Scores: {cfg.scores} ({summary.clips} clips) of {data}. "
+            + (f"Official score {100 * official:.2f}." if rows is not None else
+               "No labels: score distributions and the highest-scoring clips; metrics need a labelled set "
+               "or ground_truth=<folder>."))
+    return report_html.render(summary, rows, clips, title, text)

@@ -25,44 +25,13 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from asd_ray import metrics  # noqa: E402
 from asd_ray.autoencoder import mel_filterbank  # noqa: E402
 from asd_ray.schema import PCM16_FULL_SCALE  # noqa: E402
-from asd_ray.score_output import sections  # noqa: E402
+from asd_ray.score_summary import Summary  # noqa: E402
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}.clip{display:inline-block;
 margin:6px;padding:6px;border:1px solid #ddd;vertical-align:top;width:330px}.clip img{width:320px}
 .clip audio{width:320px}.clip b{word-break:break-all}.muted{color:#666;font-size:90%}"""
 HEADERS = {"auc_source": "AUC (source)", "auc_target": "AUC (target)", "pauc": "pAUC"}
-
-
-def threshold(score: np.ndarray, decision: np.ndarray) -> float | None:
-    """The decision threshold, from the decisions the scoring job made (between the highest score
-    it called normal and the lowest it called anomalous)."""
-    normal, anomalous = score[decision == 0], score[decision == 1]
-    if len(normal) and len(anomalous):
-        return float((normal.max() + anomalous.min()) / 2)
-    return float(normal.max()) if len(normal) else float(anomalous.min()) if len(anomalous) else None
-
-
-def pick_clips(score: np.ndarray, label: np.ndarray | None, thr: float | None, top: int,
-               near: int) -> list[tuple[int, str]]:
-    """``(index, why shown)``: the highest scores, then (labelled) the normal clips closest to the threshold."""
-    order = np.argsort(-score)[:top]
-    picked = [(int(i), f"top {k + 1}") for k, i in enumerate(order)]
-    if label is not None and thr is not None and near:
-        normal = np.flatnonzero(label == "normal")
-        closest = normal[np.argsort(np.abs(score[normal] - thr))]
-        seen = {i for i, _ in picked}
-        picked += [(int(i), "normal near threshold") for i in closest if int(i) not in seen][:near]
-    return picked
-
-
-def shown(table: dict, sel: np.ndarray, labelled: bool, top: int, near: int) -> list[tuple[int, str, str]]:
-    """``(row, clip id, why shown)`` of one section's clips on the page (``sel``: its rows)."""
-    rows = np.flatnonzero(sel)
-    score = table["score"][rows]
-    thr = threshold(score, table["decision"][rows])
-    picked = pick_clips(score, table["label"][rows] if labelled else None, thr, top, near)
-    return [(int(rows[i]), table["clip_id"][int(rows[i])].as_py(), why) for i, why in picked]
 
 
 def logmel_png(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -84,69 +53,72 @@ def flac(wave: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def section_plots(score: np.ndarray, domain: np.ndarray, label: np.ndarray | None, thr: float | None,
-                  title: str) -> list[bytes]:
-    images = []
-    if label is not None:
-        y = (label == "anomaly").astype(int)
-        fig, ax = plt.subplots(figsize=(3.6, 3.2))
-        for dom in ("source", "target"):
-            sel = (domain == dom) | (y == 1)
-            if len(set(y[sel].tolist())) == 2:
-                fpr, tpr, _ = roc_curve(y[sel], score[sel])
-                ax.plot(fpr, tpr, label=dom)
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.axvline(metrics.MAX_FPR, color="grey", lw=0.5)
-        ax.set(title=f"{title}: ROC", xlabel="false positive rate", ylabel="true positive rate")
-        ax.legend(fontsize=7)
-        images.append(_png(fig))
+def roc_png(score: np.ndarray, anomaly: np.ndarray, target: np.ndarray, title: str) -> bytes:
+    """ROC curves per domain, each over that domain's normal clips and all anomalous clips (as the AUCs)."""
+    y = anomaly.astype(int)
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    for dom, sel in (("source", ~target | anomaly), ("target", target | anomaly)):
+        if len(set(y[sel].tolist())) == 2:
+            fpr, tpr, _ = roc_curve(y[sel], score[sel])
+            ax.plot(fpr, tpr, label=dom)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.axvline(metrics.MAX_FPR, color="grey", lw=0.5)
+    ax.set(title=f"{title}: ROC", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def histogram_png(edges: np.ndarray, counts: dict[str, np.ndarray], thr: float | None, title: str) -> bytes:
+    """Score histograms (``counts`` per group on ``edges``) with the decision threshold."""
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    bins = np.linspace(score.min(), score.max() + 1e-9, 30)
-    groups = ([(f"{d} {lab}", (domain == d) & (label == lab)) for d in ("source", "target")
-               for lab in ("normal", "anomaly")] if label is not None
-              else [(d or "unknown domain", domain == d) for d in sorted(set(domain.tolist()), key=str)])
-    for name, sel in groups:
-        if sel.any():
-            ax.hist(score[sel], bins=bins, alpha=0.5, label=name, histtype="stepfilled")
+    for name, n in counts.items():
+        if np.sum(n):
+            ax.hist(edges[:-1], bins=edges, weights=n, alpha=0.5, label=name, histtype="stepfilled")
     if thr is not None:
         ax.axvline(thr, color="black", lw=1, ls="--", label="threshold")
     ax.set(title=f"{title}: scores", xlabel="anomaly score", ylabel="clips")
     ax.legend(fontsize=7)
-    images.append(_png(fig))
-    return images
+    return _png(fig)
 
 
-def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[str, tuple[np.ndarray, int]],
-           title: str, summary: str, top: int = 3, near: int = 2) -> str:
-    """The page. ``table``: the scores as ``score_output.score_columns``; ``rows``: the per-section metrics (None for
-    an unlabelled set); ``clips``: audio of the clips :func:`clips_to_show` named."""
+def labelled_histogram(score: np.ndarray, anomaly: np.ndarray, target: np.ndarray,
+                       edges: np.ndarray) -> dict[str, np.ndarray]:
+    """Counts per domain and label of a labelled set's scores (the groups of :func:`score_summary.group_names`)."""
+    return {f"{dom} {lab}": np.histogram(score[(target == (dom == "target")) & (anomaly == (lab == "anomaly"))],
+                                         edges)[0]
+            for dom in ("source", "target") for lab in ("normal", "anomaly")}
+
+
+def render(summary: Summary, rows: list[dict] | None, clips: dict[str, tuple[np.ndarray, int]],
+           title: str, text: str, near: int = 2) -> str:
+    """The page. ``summary``: the scores' :class:`score_summary.Summary`; ``rows``: the per-section
+    metrics (None for an unlabelled set); ``clips``: audio of the clips :func:`clips_to_show` named."""
     esc = html.escape
     labelled = rows is not None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1><p>{esc(summary)}</p>"]
-    for (machine, section), sel in sections(table):
-        score, domain = table["score"][sel], table["domain"][sel]
-        label = table["label"][sel] if labelled else None
-        thr = threshold(score, table["decision"][sel])
-        parts.append(f"<h2>{esc(machine)}, section {esc(section)}</h2>")
+             f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1><p>{esc(text)}</p>"]
+    for s in summary.ordered():
+        name, thr = f"{s.machine} {s.section}", s.threshold
+        parts.append(f"<h2>{esc(s.machine)}, section {esc(s.section)}</h2>")
         if labelled:
-            row = next(r for r in rows if r["machine"] == machine and r["section"] == section)
+            row = next(r for r in rows if r["machine"] == s.machine and r["section"] == s.section)
             parts.append("<table><tr>" + "".join(f"<th>{HEADERS[c]}</th>" for c in metrics.COLUMNS) + "</tr><tr>"
                          + "".join(f"<td>{metrics.percent(row[c])}</td>" for c in metrics.COLUMNS) + "</tr></table>")
-        parts.append(f"<p class='muted'>{sel.sum()} clips; decision threshold "
+        parts.append(f"<p class='muted'>{s.clips} clips; decision threshold "
                      f"{'n/a' if thr is None else f'{thr:.4g}'}</p>")
-        parts += [_img(png, f"{machine} {section}") for png in section_plots(score, domain, label, thr,
-                                                                              f"{machine} {section}")]
+        if labelled:
+            parts.append(_img(roc_png(*s.arrays(), name), name))
+        parts.append(_img(histogram_png(s.edges, s.histogram, thr, name), name))
         parts.append("<div>")
-        for i, clip, why in shown(table, sel, labelled, top, near):
-            facts = f"score {table['score'][i]:.4g}, {table['domain'][i] or 'domain unknown'}"
+        for pick in s.picks(near if labelled else 0):
+            facts = f"score {pick.score:.4g}, {pick.domain or 'domain unknown'}"
             if labelled:
-                facts += f", {table['label'][i]}"
-            parts.append(f"<div class='clip'><b>{esc(clip)}</b><br><span class='muted'>{esc(why)}: {esc(facts)}"
-                         "</span><br>")
-            if clip in clips:
-                wave, rate = clips[clip]
-                parts.append(_img(logmel_png(wave, rate), f"log-mel spectrogram of {clip}"))
+                facts += f", {pick.label}"
+            parts.append(f"<div class='clip'><b>{esc(pick.clip_id)}</b><br><span class='muted'>{esc(pick.why)}: "
+                         f"{esc(facts)}</span><br>")
+            if pick.clip_id in clips:
+                wave, rate = clips[pick.clip_id]
+                parts.append(_img(logmel_png(wave, rate), f"log-mel spectrogram of {pick.clip_id}"))
                 parts.append(f"<audio controls preload='auto' src='data:audio/flac;base64,"
                              f"{base64.b64encode(flac(wave, rate)).decode()}'></audio>")
             else:
@@ -157,12 +129,11 @@ def render(table: dict[str, np.ndarray], rows: list[dict] | None, clips: dict[st
     return "".join(parts)
 
 
-def clips_to_show(table: dict[str, np.ndarray], labelled: bool, top: int = 3,
-                  near: int = 2) -> dict[str, list[str]]:
+def clips_to_show(summary: Summary, labelled: bool, near: int = 2) -> dict[str, list[str]]:
     """Machine type -> the clip ids the page shows."""
     out: dict[str, list[str]] = {}
-    for (machine, _), sel in sections(table):
-        out.setdefault(machine, []).extend(clip for _, clip, _ in shown(table, sel, labelled, top, near))
+    for s in summary.ordered():
+        out.setdefault(s.machine, []).extend(p.clip_id for p in s.picks(near if labelled else 0))
     return out
 
 

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 import numpy as np
@@ -105,17 +106,21 @@ def read_scores(url: str, options: StorageOptions | None = None, by_clip_id: boo
     ``by_clip_id``, in the shards' order, without a sorted copy): every scored clip (those that
     could not be scored are in ``unscored.csv``). For evaluation and reports: this one reads the
     whole table."""
-    if not storage.exists(storage.join(url, "manifest.json"), options):
-        raise FileNotFoundError(f"{url}: no manifest.json - not a scoring output, or an incomplete one")
-    columns = [*META, "score", "decision", "reason"]
     # each batch filtered as it comes: the unfiltered table is never held whole
-    tables = [pa.Table.from_batches([b]).filter(b["reason"].is_null()).drop_columns(["reason"])
-              for b in _batches(url, options, columns)]
+    tables = [pa.Table.from_batches([b]) for b in scored_batches(url, options)]
     empty = pa.table({**{c: pa.array([], pa.string()) for c in META}, "score": pa.array([], pa.float64()),
                       "decision": pa.array([], pa.int8())})
     table = pa.concat_tables(tables) if tables else empty
     del tables
     return table.sort_by("clip_id") if by_clip_id else table
+
+
+def scored_batches(url: str, options: StorageOptions | None = None) -> Iterator[pa.RecordBatch]:
+    """The scored rows of a complete scoring output, a batch at a time, in the shards' order."""
+    if not storage.exists(storage.join(url, "manifest.json"), options):
+        raise FileNotFoundError(f"{url}: no manifest.json - not a scoring output, or an incomplete one")
+    for batch in _batches(url, options, [*META, "score", "decision", "reason"]):
+        yield batch.filter(batch["reason"].is_null()).drop_columns(["reason"])
 
 
 def score_columns(table: pa.Table) -> dict[str, np.ndarray | pa.Array]:

@@ -8,18 +8,15 @@ Each evaluation runs in a process of its own; its peak resident memory is sample
     python benchmarks/evaluate_memory.py                      # 1x = 20,000 clips; 10x; 50x = 1,000,000
 """
 
-import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+import peak_memory
 
 ROWS_PER_SHARD = 100_000
 
@@ -48,28 +45,13 @@ def write_scores(out: str, clips: int, labelled: bool, seed: int = 0) -> None:
 
 def evaluate(scores: str) -> tuple[float, float]:
     """Seconds and peak resident memory (GiB) of ``asd-ray evaluate`` on ``scores``."""
-    t0, peak = time.time(), 0
-    proc = subprocess.Popen([sys.executable, "-m", "asd_ray.cli", "evaluate", f"scores={scores}", "tracking=false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watched = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    if proc.returncode:
-        raise RuntimeError(f"evaluate {scores} failed:\n{proc.stderr.read()[-3000:]}")
-    return time.time() - t0, peak / 2**30
+    seconds, peak, _ = peak_memory.run([sys.executable, "-m", "asd_ray.cli", "evaluate", f"scores={scores}",
+                                        "tracking=false"])
+    return seconds, peak
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clips", type=int, default=20_000, help="clips at 1x")
-    p.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--dir", default=None, help="where to write the outputs (default: a temporary folder)")
-    args = p.parse_args()
-    root = args.dir or tempfile.mkdtemp(prefix="evaluate-memory-")
+    args, root = peak_memory.scale_arguments(__doc__, "clips", 20_000, "clips", "evaluate-memory-")
     print("| scale | clips | labelled | seconds | peak memory (GiB) |\n|---|---|---|---|---|")
     for scale in args.scales:
         for labelled in (True, False):

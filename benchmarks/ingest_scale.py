@@ -11,17 +11,14 @@ run's, not thousands of tiny files each.
     python benchmarks/ingest_scale.py                      # 1x = 10,000 files; 10x; 50x = 500,000
 """
 
-import argparse
 import io
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
-import psutil
 import soundfile as sf
+
+import peak_memory
 
 MACHINES = 10
 FILES_PER_SHARD = 200
@@ -48,30 +45,13 @@ def write_tree(root: str, files: int) -> None:
 
 def ingest(src: str, dest: str, shard_mb: float) -> tuple[float, float, str]:
     """Seconds, the driver's peak resident memory (GiB) and the summary line of ``asd-ray ingest``."""
-    t0, peak = time.time(), 0
-    proc = subprocess.Popen([sys.executable, "-m", "asd_ray.cli", "ingest", src, dest, f"shard_mb={shard_mb}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watched = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"ingest {src} failed:\n{err[-3000:]}")
-    summary = next(line for line in out.splitlines() if line.startswith("ingested"))
-    return time.time() - t0, peak / 2**30, summary
+    seconds, peak, out = peak_memory.run([sys.executable, "-m", "asd_ray.cli", "ingest", src, dest,
+                                          f"shard_mb={shard_mb}"])
+    return seconds, peak, next(line for line in out.splitlines() if line.startswith("ingested"))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--files", type=int, default=10_000, help="WAV files at 1x")
-    p.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--dir", default=None, help="where to write the folders (default: a temporary folder)")
-    args = p.parse_args()
-    root = args.dir or tempfile.mkdtemp(prefix="ingest-scale-")
+    args, root = peak_memory.scale_arguments(__doc__, "files", 10_000, "WAV files", "ingest-scale-")
     shard_mb = FILES_PER_SHARD * len(wav_bytes()) / 1e6
     print("| scale | WAV files | seconds | driver peak memory (GiB) | summary |\n|---|---|---|---|---|")
     for scale in args.scales:

@@ -8,8 +8,9 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 from asd_ray import metrics
-from asd_ray.evaluate import evaluate_table, markdown_table
+from asd_ray.evaluate import evaluate_summary, evaluate_table, markdown_table
 from asd_ray.score_output import score_columns, sections
+from asd_ray.score_summary import summarize
 
 # a section: 4 normal + 4 anomalous clips per domain
 DOMAINS = np.array(["source"] * 8 + ["target"] * 8)
@@ -178,3 +179,61 @@ def test_score_columns_hold_one_string_per_distinct_value_and_keep_unknowns():
     assert d["score"].dtype == np.float64 and np.array_equal(d["score"], table["score"].to_numpy())
     assert d["clip_id"][5].as_py() == table["clip_id"][5].as_py()
     assert [key for key, _ in sections(d)] == [(m, s) for m in ("fan", "pump") for s in ("00", "01")]
+
+
+def _random_scores(n: int = 1500, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    anomaly = rng.random(n) < 0.15
+    score = rng.normal(size=n) + 1.5 * anomaly
+    return pa.table({"clip_id": [f"m/test/clip_{i:05d}" for i in range(n)],
+                     "machine": rng.choice(["fan", "pump"], n), "section": rng.choice(["00", "01"], n),
+                     "domain": rng.choice(["source", "target"], n, p=[0.8, 0.2]),
+                     "label": np.where(anomaly, "anomaly", "normal"), "score": score,
+                     "decision": (score > 1.0).astype(np.int8)})
+
+
+def test_a_summary_built_a_batch_at_a_time_is_what_the_whole_table_gives():
+    """evaluate's streaming passes (small batches, sections spread over them) give what the whole
+    table gives computed directly: counts, threshold, histograms, the clips shown, the metrics."""
+    table = _random_scores()
+    summary = summarize(lambda: table.to_batches(max_chunksize=37))
+    assert summary.labelled and summary.clips == table.num_rows
+    d = table.to_pydict()
+    score, decision = np.array(d["score"]), np.array(d["decision"])
+    for (machine, section), s in summary.sections.items():
+        rows = np.flatnonzero((np.array(d["machine"]) == machine) & (np.array(d["section"]) == section))
+        assert s.clips == len(rows)
+        thr = (score[rows][decision[rows] == 0].max() + score[rows][decision[rows] == 1].min()) / 2
+        assert s.threshold == pytest.approx(thr)
+        edges = np.linspace(score[rows].min(), score[rows].max() + 1e-9, 30)
+        for dom in ("source", "target"):
+            for lab in ("normal", "anomaly"):
+                sel = [i for i in rows if d["domain"][i] == dom and d["label"][i] == lab]
+                assert np.array_equal(s.histogram[f"{dom} {lab}"], np.histogram(score[sel], edges)[0])
+        top = [d["clip_id"][i] for i in rows[np.argsort(-score[rows])][:3]]
+        normal = [i for i in rows if d["label"][i] == "normal" and d["clip_id"][i] not in top]
+        near = [d["clip_id"][i] for i in sorted(normal, key=lambda i: abs(score[i] - thr))[:2]]
+        picks = s.picks(near=2)
+        assert [p.clip_id for p in picks] == top + near
+        assert [p.why for p in picks] == ["top 1", "top 2", "top 3", "normal near threshold", "normal near threshold"]
+        kept, anomalous, target = s.arrays()
+        assert sorted(kept) == sorted(score[rows]) and anomalous.sum() == sum(d["label"][i] == "anomaly" for i in rows)
+    assert evaluate_summary(summary) == evaluate_table(table.combine_chunks())
+
+
+def test_an_unlabelled_summary_keeps_nothing_per_clip():
+    """One clip without a domain, late in the scores, makes the set unlabelled: the per-clip numbers
+    kept until then are dropped, and the histograms are by domain, unknown included."""
+    table = _random_scores()
+    domains = table["domain"].to_pylist()
+    domains[-1] = None
+    table = table.set_column(table.schema.get_field_index("domain"), "domain", pa.array(domains, pa.string()))
+    summary = summarize(lambda: table.to_batches(max_chunksize=100))
+    assert not summary.labelled and summary.unknown == 1
+    assert all(s.chunks == [] for s in summary.sections.values())
+    last = summary.sections[(table["machine"][-1].as_py(), table["section"][-1].as_py())]
+    assert set(last.histogram) == {"source", "target", "unknown domain"}
+    assert sum(n.sum() for n in last.histogram.values()) == last.clips
+    assert [p.why for p in last.picks(near=2)] == ["top 1", "top 2", "top 3"]
+    with pytest.raises(ValueError, match="1 of 1500 clips have no label or no domain"):
+        evaluate_summary(summary)
