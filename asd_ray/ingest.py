@@ -205,8 +205,7 @@ class ShardWriter:
     def __init__(self, cfg: IngestConfig, rejects: RejectLog, progress: bool):
         self.cfg, self.rejects = cfg, rejects
         self.generation = shards.new_generation()
-        self.task = ray.remote(num_cpus=1)(ingest_chunk)
-        self.window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self.task, self.window = None, 0  # set when the first shard is sent: nothing needs Ray before
         self.chunks: dict[tuple[str, str], list[WavFile]] = {}
         self.sizes: dict[tuple[str, str], int] = {}
         self.index: dict[tuple[str, str], int] = {}  # shards sent per partition: the next one's number
@@ -236,6 +235,9 @@ class ShardWriter:
         index = self.index.get(key, 0)
         self.index[key] = index + 1
         url = shards.shard_url(self.cfg.dest, *key, f"ingest-{index:05d}-{self.generation}")
+        if self.task is None:
+            self.task = ray.remote(num_cpus=1)(ingest_chunk)
+            self.window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         self.pending.append(self.task.remote(self.cfg, url, self.chunks[key]))
         while len(self.pending) >= self.window:
             self._collect()
