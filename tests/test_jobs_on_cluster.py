@@ -38,10 +38,14 @@ RAY = str(Path(sys.executable).with_name("ray"))
 TINY_MODEL = json.dumps(SMALLEST_MODEL)  # a key=value override: YAML's flow style reads JSON
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` different free ports: each socket stays bound until all are picked (one port picked and
+    released at a time can come back twice: a node once got the same port for two components)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
@@ -64,10 +68,10 @@ class LocalCluster:
         self.temp_dirs: dict[str, str] = {}
         subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         self.token = (home / ".ray" / "auth_token").read_text().strip()
-        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        self.gcs_port, self.dashboard_port, client_port = _free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self._start("head", ["--head", "--num-cpus=0", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={_free_port()}"])
+                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={client_port}"])
         self._wait(lambda: self._get("/api/version") is not None)
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -77,7 +81,7 @@ class LocalCluster:
         log = open(self.home / f"{name}.log", "w")
         temp_dir = self.temp_dir if name == "head" else tempfile.mkdtemp(prefix="rn-", dir="/tmp")
         self.temp_dirs[name] = temp_dir
-        ports = [f"--{p}={_free_port()}" for p in NODE_PORTS]
+        ports = [f"--{p}={port}" for p, port in zip(NODE_PORTS, _free_ports(len(NODE_PORTS)))]
         proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                                  f"--temp-dir={temp_dir}", "--object-store-memory=150000000", *ports, *args],
                                 env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
