@@ -158,12 +158,13 @@ def _first(summary: Summary, s: Section, rows: np.ndarray, cols: dict, top: int)
     if (decision == 1).any():
         s.lowest_anomalous = min(s.lowest_anomalous, float(score[decision == 1].min()))
     s.domains |= set(domain.tolist())
+    was_labelled = not summary.unknown
     summary.unknown += int(((domain == None) | (label == None)).sum())  # noqa: E711 (elementwise)
-    if summary.unknown:  # not a labelled set: no per-clip numbers kept, any kept so far dropped
+    if not summary.unknown:
+        s.chunks.append((score, label == "anomaly", domain == "target"))
+    elif was_labelled:  # the first clip without a domain or label: not a labelled set, any kept dropped
         for other in summary.sections.values():
             other.chunks = []
-    else:
-        s.chunks.append((score, label == "anomaly", domain == "target"))
     for i in np.argsort(-score)[:top]:
         _push(s.top, top, (float(score[i]), next(ORDER), cols["clip_id"][int(rows[i])].as_py(), domain[i], label[i]))
 

@@ -212,6 +212,7 @@ def _tuner(cfg: SweepConfig, trainable, metric: str, mode: str, callbacks: list 
 
 def run_sweep(cfg: SweepConfig, callbacks: list | None = None) -> dict:
     """Run (or resume) the sweep; write the results table, plot and best training config."""
+    given = cfg.train.storage  # the exported best config keeps the user's, not this environment's endpoint
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved(), "train": resolved(cfg.train)})
     metric, mode = _objective(cfg)
     labels = label_map(cfg.train)
@@ -225,7 +226,7 @@ def run_sweep(cfg: SweepConfig, callbacks: list | None = None) -> dict:
     table = _results_table(grid, cfg, metric, mode)
     best = grid.get_best_result(metric=metric, mode=mode, scope="all")
     best_cfg = _trial_config(cfg.train, best.config["params"]).model_copy(
-        update={"name": f"{cfg.name}-best", "storage_path": cfg.train.storage_path})
+        update={"name": f"{cfg.name}-best", "storage_path": cfg.train.storage_path, "storage": given})
     out = {"results_csv": storage.join(cfg.experiment_url, "results.csv"),
            "results_md": storage.join(cfg.experiment_url, "results.md"),
            "plot": storage.join(cfg.experiment_url, "objective.png"),

@@ -60,7 +60,7 @@ class LocalCluster:
     token exists (``ray get-auth-token --generate`` into this cluster's own ``$HOME``)."""
 
     def __init__(self, home: Path, env: dict[str, str]):
-        self.home, self.env, self.nodes = home, env, {}
+        self.home, self.env, self.nodes, self.cpus = home, env, {}, {}
         # a temp dir of its own (short: socket paths are limited): `ray start --head` records its
         # address in <temp dir>/ray_current_cluster, and in the default one it would replace the
         # session's local Ray there, which Ray Train's placement-group cleaner looks up
@@ -121,6 +121,7 @@ class LocalCluster:
 
     def add_worker(self, name: str, cpus: int = 1) -> None:
         assert name not in self.nodes and name not in self.temp_dirs, f"a node named {name} was started before"
+        self.cpus[name] = cpus
         self._start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}",
                            f"--resources={json.dumps({f'node-{name}': 1})}"],
                     env={**self.env, "RAY_AUTH_MODE": "token"})  # a joining node needs it said (Ray 2.60)
@@ -130,13 +131,16 @@ class LocalCluster:
     def workers(self) -> list[str]:
         return [n for n in self.nodes if n != "head"]
 
-    def only_workers(self, *names: str, cpus: int = 1) -> None:
-        """Lose every worker node there is, then add these: a test that counts CPUs knows them all."""
-        for name in self.workers():
+    def only_workers(self, count: int, cpus: int = 1, prefix: str = "node") -> None:
+        """Exactly ``count`` worker nodes of ``cpus`` CPUs each, so that a test that counts CPUs knows
+        them all: nodes of another size are lost, nodes of this size kept (a node's start costs
+        seconds of this machine's two cores), new ones (``<prefix>-<i>``) added."""
+        keep = [n for n in self.workers() if self.cpus[n] == cpus][:count]
+        for name in set(self.workers()) - set(keep):
             self.lose(name)
-        self._wait(lambda: self.alive_workers() == 0)
-        for name in names:
-            self.add_worker(name, cpus)
+        self._wait(lambda: self.alive_workers() == len(keep))
+        for i in range(count - len(keep)):
+            self.add_worker(f"{prefix}-{i}", cpus)
 
     def lose(self, name: str) -> None:
         """The node is gone at once: its raylet, object store and every worker process."""
@@ -415,7 +419,7 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_when_one_joins(c
     coordinator (it looks at the nodes every 20 s), so the run has epochs to spare and is stopped
     once it has grown; its last checkpoint records every epoch so far once, with its worker count."""
     nodes, env = cluster
-    nodes.only_workers("elastic-a", "elastic-b")
+    nodes.only_workers(2, prefix="elastic")  # the two 1-CPU nodes the tests before left
     # worker_wait_s: the first restart after the loss asks for two workers (Ray's view of the nodes
     # is stale) and waits this long before it tries with one (README: training)
     submit(nodes.address, env, "train-elastic", *train_args(
@@ -466,7 +470,7 @@ def test_a_sweep_that_loses_a_node_retries_its_trials_from_their_checkpoints(clu
     import pandas as pd
 
     nodes, env = cluster
-    nodes.only_workers("tune-a", "tune-b", cpus=2)
+    nodes.only_workers(2, cpus=2, prefix="tune")
     sweep = f"{submitted['bucket']}/tune"
     submit(nodes.address, env, "tune-lost", "jobs/tune.py", "name=lost", f"storage_path={sweep}", "num_samples=2",
            "max_concurrent=2", "asha=null", "objective=loss", "max_failures=1", "space={lr: {choice: [0.001, 0.003]}}",

@@ -13,7 +13,7 @@ import mlflow
 from asd_ray import tracking
 from asd_ray.config import ConfigError, load_config
 from asd_ray.sweep import SweepConfig, run_sweep
-from asd_ray.train import TrainConfig, train
+from asd_ray.train import TrainConfig
 from tiny import SMALLEST_MODEL, tiny_dataset
 
 
@@ -52,11 +52,15 @@ def test_sweep_stops_bad_trials_and_exports_a_trainable_best_config(sweep_data, 
     for key in ("results_csv", "results_md", "plot", "best_config"):
         assert os.path.getsize(result[key]) > 0, key
 
-    best = load_config(TrainConfig, result["best_config"], ["epochs=1", f"storage_path={tmp_path / 'best'}"])
+    # the exported config is the trials' training config (each trial trained with it) with the best
+    # trial's values: a training config as `asd-ray train --config` reads it
+    best = load_config(TrainConfig, result["best_config"])
     assert best.lr == pytest.approx(result["best_params"]["lr"])
     assert best.mixup_alpha == result["best_params"]["mixup_alpha"]
-    trained = train(best)
-    assert os.path.exists(os.path.join(trained["bundle"], "bundle.json"))
+    assert best.name == "asha-best"  # its own run name: training it does not resume a trial's run
+    # and the storage options as given, not the endpoint the sweep resolved from its environment
+    differ = {"lr", "mixup_alpha", "name"}
+    assert best.model_dump(exclude=differ) == cfg.train.model_dump(exclude=differ)
 
     # on the server: the sweep's run, and under it one run per trial with its parameters and epochs
     client = mlflow.MlflowClient(mlflow_server)
