@@ -122,11 +122,22 @@ class LocalCluster:
     def add_worker(self, name: str, cpus: int = 1) -> None:
         assert name not in self.nodes and name not in self.temp_dirs, f"a node named {name} was started before"
         self.cpus[name] = cpus
-        self._start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}",
-                           f"--resources={json.dumps({f'node-{name}': 1})}"],
-                    env={**self.env, "RAY_AUTH_MODE": "token"})  # a joining node needs it said (Ray 2.60)
-        self._wait(lambda: any(n["state"] == "ALIVE" and f"node-{name}" in n.get("resources_total", {})
-                               for n in self._state("nodes")))
+        for attempt in range(3):
+            self._start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}",
+                               f"--resources={json.dumps({f'node-{name}': 1})}"],
+                        env={**self.env, "RAY_AUTH_MODE": "token"})  # a joining node needs it said (Ray 2.60)
+            try:
+                self._wait(lambda: any(n["state"] == "ALIVE" and f"node-{name}" in n.get("resources_total", {})
+                                       for n in self._state("nodes")))
+                return
+            except AssertionError as e:
+                # `ray start` gives a raylet 30 s (hard-coded in Ray 2.60's node.py) to register with
+                # the head; on this 2-core machine under a sweep's load it once took longer (CI of
+                # a4dca02) and the node exited: started again, as an autoscaler starts another
+                if attempt == 2 or not str(e).startswith(f"{name}: ") or "timed out during startup" not in str(e):
+                    raise
+                self.lose(name)
+                shutil.rmtree(self.temp_dirs.pop(name), ignore_errors=True)
 
     def workers(self) -> list[str]:
         return [n for n in self.nodes if n != "head"]
