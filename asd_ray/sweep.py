@@ -21,7 +21,6 @@ import ray
 import ray.tune
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from asd_ray import shards, storage
@@ -31,6 +30,7 @@ from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
 from asd_ray.train import (RESUMABLE, SETTINGS_FILE, TrainConfig, comparable, label_map, make_trainer,
                             resolved)
+from asd_ray.tune_reports import fit_in_trial
 from asd_ray.validate import ValidationConfig
 
 
@@ -148,7 +148,7 @@ def run_trial(params: dict, base: dict, classes: list[str], objective: str, tria
         cfg = cfg.model_copy(update={"validation": None})
     name = f"trial_{ray.tune.get_context().get_trial_id()}"
     cfg = cfg.model_copy(update={"name": name, "storage_path": trials_url})
-    make_trainer(cfg, LabelMap(classes=classes), callbacks=[TuneReportCallback()]).fit()
+    fit_in_trial(lambda callbacks: make_trainer(cfg, LabelMap(classes=classes), callbacks=callbacks))
 
 
 def _concurrency(cfg: SweepConfig) -> int:

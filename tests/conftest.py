@@ -87,34 +87,78 @@ def tiny_synth_config():
     return make
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 (SQLite backend); yields its URL."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+class MlflowServer:
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend), its own process group."""
 
-    home = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
-                               "--default-artifact-root", f"file://{home}/artifacts"], stdout=log, stderr=log)
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    def __init__(self):
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        self.home = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(self.home / "server.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                                      str(port), "--workers", "1", "--backend-store-uri",
+                                      f"sqlite:///{self.home}/mlflow.db", "--default-artifact-root",
+                                      f"file://{self.home}/artifacts"],
+                                     stdout=self.log, stderr=self.log, start_new_session=True,
+                                     # no job runner: its ~8 worker processes took most of the start
+                                     # and, idle, 14% of a core; the tests run no server-side jobs
+                                     env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+    def wait(self, seconds: float = 90) -> str:
+        import time
+        import urllib.request
+
+        deadline = time.time() + seconds
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return self.url
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {(self.home / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Killed, not asked to stop (a graceful stop took 4-6 s): the tests that used it are done."""
+        import shutil
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+_mlflow: MlflowServer | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what will not run
+def pytest_collection_modifyitems(items):
+    """The MLflow server takes 15-20 s to start on a 2-core machine: started as soon as a test that
+    needs it is collected, it comes up while the tests before that one run."""
+    global _mlflow
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
+        _mlflow = MlflowServer()
+
+
+def pytest_unconfigure(config):
+    if _mlflow is not None and _mlflow.proc.poll() is None:  # started, but its test did not run
+        _mlflow.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """The server's URL."""
+    global _mlflow
+    server = _mlflow = _mlflow or MlflowServer()
+    yield server.wait()
+    server.stop()

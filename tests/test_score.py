@@ -26,25 +26,23 @@ B = "s3://asd-score"
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, s3_endpoint):
+def hybrid(ray_local, s3_endpoint):
+    """A dual-stream model trained with its companions (the default: the autoencoder, the frame
+    statistics, the line alarms) and a second ensemble member, tiny."""
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="asd-score")
     counts = Counts(train_source=24, train_target=4, test_normal=6, test_anomaly=6)
     synthesize(SynthConfig(out=f"{B}/data", clip_seconds=1.0, machines=["fan", "compressor"], counts=counts),
                progress=False)
     synthesize(SynthConfig(out=f"{B}/fan-only", clip_seconds=1.0, machines=["fan"], counts=counts), progress=False)
-    result = train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="m", epochs=2, batch_size=8,
-                               clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1,
-                               autoencoder_epochs=0, framestats=None, tonal=None))  # the dual-stream model alone
-    return result["bundle"]
-
-
-@pytest.fixture(scope="module")
-def hybrid(trained):
-    """A dual-stream model trained with its companion autoencoder and frame statistics (the
-    default) and a second ensemble member, tiny."""
     return train(TrainConfig(data=f"{B}/data", storage_path=f"{B}/runs", name="h", epochs=1, batch_size=8,
                              clip_seconds=1.0, n_subclusters=2, model=TINY_MODEL, cpus_per_worker=1, seed=3,
                              ensemble=2, autoencoder_epochs=1, autoencoder={"n_mels": 32, "hidden": 32}))
+
+
+@pytest.fixture(scope="module")
+def trained(hybrid):
+    """The hybrid's dual-stream model: the tests that take it score it alone (``companions=False``)."""
+    return hybrid["bundle"]
 
 
 def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybrid):
@@ -110,8 +108,8 @@ def test_an_added_autoencoder_without_a_model_for_a_machine_type_is_refused(trai
                              sample_rate=16000, clip_samples=16000)
     fan_ae = bundle.save_bundle(f"{B}/runs/ae-fan/model", info, bundle.weights_bytes(
         MachineAutoEncoders(["fan"], info.autoencoder), None))
-    cfg = ScoreConfig(bundle=trained, add_bundles=[fan_ae], data=f"{B}/data", out=f"{B}/out-refused", batch_size=8,
-                      references_to=f"{B}/out-refused/refs.npz")
+    cfg = ScoreConfig(bundle=trained, companions=False, add_bundles=[fan_ae], data=f"{B}/data",
+                      out=f"{B}/out-refused", batch_size=8, references_to=f"{B}/out-refused/refs.npz")
     with pytest.raises(ValueError, match="no model for machine type 'compressor'"):
         run_score(cfg)
     assert not storage.exists(f"{B}/out-refused/manifest.json")
@@ -123,9 +121,11 @@ def _test_clip_ids(data):
 
 
 def test_every_test_clip_scored_once_with_dcase_files(trained):
-    assert bundle.load_bundle(trained)[2].companions == []  # no autoencoder, frame statistics, alarms: alone
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out", batch_size=8, references="centroid")
+    cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out", batch_size=8,
+                      references="centroid")
     summary = run_score(cfg)
+    # a bundle trained with companions, scored alone: the manifest names no other model
+    assert json.loads(storage.read_bytes(f"{cfg.out}/manifest.json"))["config"]["add_bundles"] == []
     table = read_scores(cfg.out)
     assert table["clip_id"].to_pylist() == _test_clip_ids(f"{B}/data") and summary["unscored"] == 0
     assert table.num_rows == 2 * 2 * (6 + 6) and set(table["decision"].to_pylist()) <= {0, 1}
@@ -163,8 +163,8 @@ def test_every_test_clip_scored_once_with_dcase_files(trained):
 
 
 def test_kmeans_references(trained):
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-km", references="kmeans", kmeans_clusters=3,
-                      references_to=f"{B}/out-km/refs.npz")
+    cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-km", references="kmeans",
+                      kmeans_clusters=3, references_to=f"{B}/out-km/refs.npz")
     run_score(cfg)
     refs = References.from_bytes(storage.read_bytes(cfg.references_url))
     for key in refs.vectors:
@@ -234,7 +234,7 @@ def test_gaussian_references_score_their_training_clips_out_of_sample():
 
 
 def test_knn_references_end_to_end(trained):
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-knn", references="knn",
+    cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-knn", references="knn",
                       references_to=f"{B}/out-knn/refs.npz")
     run_score(cfg)
     refs = References.from_bytes(storage.read_bytes(cfg.references_url))
@@ -248,7 +248,7 @@ def test_knn_references_end_to_end(trained):
 
 def test_clips_without_references_are_reported_not_scored(trained, capsys):
     code = cli.main(["score", f"bundle={trained}", f"data={B}/data", f"fit_data={B}/fan-only", f"out={B}/out-u",
-                     f"references_to={B}/out-u/refs.npz", "tracking=false"])
+                     f"references_to={B}/out-u/refs.npz", "companions=false", "tracking=false"])
     assert code == 1
     assert "not scored: compressor/test/" in capsys.readouterr().out
     table = read_scores(f"{B}/out-u")
@@ -292,7 +292,7 @@ def test_evaluation_layout_scores_without_labels_and_evaluates_with_ground_truth
                                    ("\n".join(lines) + "\n").encode())
     assert ingest(IngestConfig(src=dev, dest=f"{B}/eval-clips"), progress=False)["rejected"] == 0
 
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/eval-clips", out=f"{B}/out-eval",
+    cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/eval-clips", out=f"{B}/out-eval",
                       references_to=f"{B}/out-eval/refs.npz")
     assert run_score(cfg)["scored"] == 12
     table = read_scores(cfg.out)
@@ -355,7 +355,7 @@ def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_noth
 
 
 def test_max_references_bounds_what_a_scoring_job_keeps(trained):
-    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-max", max_references=5,
+    cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-max", max_references=5,
                       references_to=f"{B}/out-max/refs.npz")
     assert run_score(cfg)["scored"] == 48
     meta = References.from_bytes(storage.read_bytes(cfg.references_url)).meta
@@ -377,7 +377,8 @@ def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(train
     synthesize(SynthConfig(out=data, clip_seconds=1.0, machines=["fan"],
                            counts=Counts(train_source=8, train_target=2, test_normal=50, test_anomaly=50)),
                progress=False)
-    quiet = ScoreConfig(bundle=trained, data=data, out=f"{B}/out-calm", batch_size=2, references="centroid",
+    quiet = ScoreConfig(bundle=trained, companions=False, data=data, out=f"{B}/out-calm", batch_size=2,
+                        references="centroid",
                         references_to=f"{B}/out-calm/refs.npz")
     run_score(quiet)
     killed, scoring = [], threading.Event()
