@@ -5,7 +5,7 @@ puts them on the Tune session's one-slot result queue. When the run ends while T
 handling the previous epoch (fast epochs, a slow callback such as MLflow logging), the trial
 function returns first and puts Tune's end-of-function marker in that slot; the main thread then
 waits to put the last epoch behind it, and only the main thread takes from that slot: the trial
-hangs with its last epoch unreported (seen in this project's sweep test, two runs in six).
+hangs with its last epoch unreported (this project's ASHA test: 3 runs in 7; README, sweeps).
 
 Here the run goes on in a thread of its own and the trial function reports every epoch itself
 with ``ray.tune.report``, the plain function-trainable path, then returns after the last one.
