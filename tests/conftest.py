@@ -143,8 +143,8 @@ _mlflow: MlflowServer | None = None
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what will not run
 def pytest_collection_modifyitems(items):
-    """The MLflow server takes 15-20 s to start on a 2-core machine: started as soon as a test that
-    needs it is collected, it comes up while the tests before that one run."""
+    """The MLflow server takes about 11 s to start on a 2-core machine: started as soon as a test
+    that needs it is collected, it comes up while the tests before that one run."""
     global _mlflow
     if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
         _mlflow = MlflowServer()
