@@ -61,25 +61,27 @@ class LocalCluster:
 
     def __init__(self, home: Path, env: dict[str, str]):
         self.home, self.env, self.nodes, self.cpus = home, env, {}, {}
-        # a temp dir of its own (short: socket paths are limited): `ray start --head` records its
-        # address in <temp dir>/ray_current_cluster, and in the default one it would replace the
-        # session's local Ray there, which Ray Train's placement-group cleaner looks up
-        self.temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
         self.temp_dirs: dict[str, str] = {}
         subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         self.token = (home / ".ray" / "auth_token").read_text().strip()
         self.gcs_port, self.dashboard_port, client_port = _free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        self._start("head", ["--head", "--num-cpus=0", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={client_port}"])
-        self._wait(lambda: self._get("/api/version") is not None)
+        # ready when its raylet is registered, not when the dashboard answers: `ray start` can still
+        # fail after that (CI of 2d7dfc0)
+        self._start_until_ready("head", ["--head", "--num-cpus=0", f"--port={self.gcs_port}",
+                                         "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                                         f"--ray-client-server-port={client_port}"],
+                                lambda: any(n["is_head_node"] and n["state"] == "ALIVE" for n in self._state("nodes")))
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         """Each node its own temp dir, as each machine of a cluster its own disk: nodes sharing one
         would share the runtime environments' files, and one node's clean-up would delete another's
         working directory."""
         log = open(self.home / f"{name}.log", "w")
-        temp_dir = self.temp_dir if name == "head" else tempfile.mkdtemp(prefix="rn-", dir="/tmp")
+        # the head's in particular: `ray start --head` records its address in <temp dir>/ray_current_cluster,
+        # and in the default one it would replace the session's local Ray there, which Ray Train's
+        # placement-group cleaner looks up (short: socket paths are limited)
+        temp_dir = tempfile.mkdtemp(prefix="rc-" if name == "head" else "rn-", dir="/tmp")
         self.temp_dirs[name] = temp_dir
         ports = [f"--{p}={port}" for p, port in zip(NODE_PORTS, _free_ports(len(NODE_PORTS)))]
         proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
@@ -122,18 +124,22 @@ class LocalCluster:
     def add_worker(self, name: str, cpus: int = 1) -> None:
         assert name not in self.nodes and name not in self.temp_dirs, f"a node named {name} was started before"
         self.cpus[name] = cpus
+        self._start_until_ready(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}",
+                                       f"--resources={json.dumps({f'node-{name}': 1})}"],
+                                lambda: any(n["state"] == "ALIVE" and f"node-{name}" in n.get("resources_total", {})
+                                            for n in self._state("nodes")),
+                                env={**self.env, "RAY_AUTH_MODE": "token"})  # a joining node needs it said (Ray 2.60)
+
+    def _start_until_ready(self, name: str, args: list[str], ready, env: dict[str, str] | None = None) -> None:
+        """`ray start` gives a raylet 30 s (hard-coded in Ray 2.60's node.py) to register with the
+        GCS; on this 2-core machine under load a worker node (CI of a4dca02) and the head (CI of
+        2d7dfc0) once took longer and exited: started again, as an autoscaler starts another."""
         for attempt in range(3):
-            self._start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}",
-                               f"--resources={json.dumps({f'node-{name}': 1})}"],
-                        env={**self.env, "RAY_AUTH_MODE": "token"})  # a joining node needs it said (Ray 2.60)
+            self._start(name, args, env)
             try:
-                self._wait(lambda: any(n["state"] == "ALIVE" and f"node-{name}" in n.get("resources_total", {})
-                                       for n in self._state("nodes")))
+                self._wait(ready)
                 return
             except AssertionError as e:
-                # `ray start` gives a raylet 30 s (hard-coded in Ray 2.60's node.py) to register with
-                # the head; on this 2-core machine under a sweep's load it once took longer (CI of
-                # a4dca02) and the node exited: started again, as an autoscaler starts another
                 if attempt == 2 or not str(e).startswith(f"{name}: ") or "timed out during startup" not in str(e):
                     raise
                 self.lose(name)
@@ -160,9 +166,8 @@ class LocalCluster:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        if name != "head":  # and any that left the tree: each names the node's own temp dir
-            tree += [p for p in psutil.process_iter(["cmdline"])
-                     if any(self.temp_dirs[name] in arg for arg in p.info["cmdline"] or [])]
+        tree += [p for p in psutil.process_iter(["cmdline"])  # and any that left the tree: each names
+                 if any(self.temp_dirs[name] in arg for arg in p.info["cmdline"] or [])]  # the node's own temp dir
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.send_signal(signal.SIGKILL)
