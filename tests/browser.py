@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -37,7 +38,15 @@ def open_in_chromium(path: str, screenshot: str | None = None) -> dict:
                 "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1500"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    # Chromium's profile and temp files in a folder of this call's, removed after: left to
+    # themselves they stay in /tmp (an org.chromium.Chromium.* folder after every run)
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as scratch:
+        options.add_argument(f"--user-data-dir={scratch}/profile")
+        driver = webdriver.Chrome(options=options, service=Service(driver_path, env={**os.environ, "TMPDIR": scratch}))
+        return _inspect(driver, path, screenshot)
+
+
+def _inspect(driver, path: str, screenshot: str | None) -> dict:
     try:
         driver.set_script_timeout(60)
         driver.get(f"file://{os.path.abspath(path)}")
