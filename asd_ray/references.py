@@ -11,7 +11,8 @@ domain's distances divided by its median leave-one-out nearest-neighbour distanc
 source and the few target clips share one scale (cosine distances of unit-norm embeddings; for the
 frame statistics, Euclidean distances of the vectors standardised by the section's training
 clips, ``standardise=True``). For the autoencoder baseline: its reconstruction
-error, or the Mahalanobis distance of its mean error vector to a Ledoit-Wolf Gaussian per domain.
+error, or the Mahalanobis distance of its mean error vector to a Ledoit-Wolf Gaussian per domain
+(each domain's own covariance, or one pooled over the section's domains).
 ``alarm`` (the tonal detector): the largest standardised rise of any dimension above a domain's
 mean. A clip's score is the minimum over both domains' references. Distances run in torch on the
 device given (the scoring actor's GPU where it has one), in chunks of queries, so memory is chunk
@@ -220,48 +221,60 @@ def check_finite(groups: Groups, what: str) -> None:
                              f"autoencoder bundle was trained on other machine types")
 
 
-def mahalanobis_references(groups: Groups, folds: int = 5) -> References:
+def mahalanobis_references(groups: Groups, folds: int = 5, pooled: bool = False) -> References:
     """For the autoencoder baseline: a Gaussian per (machine, section, domain) over the normal clips'
     mean reconstruction-error vectors (Ledoit-Wolf shrinkage: a few target clips in 640 dimensions).
+    ``pooled``: each domain keeps its own mean, but the covariance is the section's within-domain
+    covariance over all its domains (see ``gaussians``); false: each domain's own, as the official
+    baseline fits them.
 
     A Gaussian fitted on a clip scores it far lower than an unseen normal clip (10 target clips in
     640 dimensions: almost zero), so thresholds and score norms need the training clips' scores
-    out of sample: each clip is scored by its domain's Gaussian fitted without its fold (``folds``
-    folds, clip ``i`` in fold ``i % folds``) and by the other domains' full Gaussians; the nearer
-    counts, as for a test clip. A domain with a single clip gives no such score (inf)."""
-    from sklearn.covariance import LedoitWolf  # here, not at the top: scoring actors import this module
-
+    out of sample: each clip is scored by Gaussians fitted without its fold (``folds`` folds of its
+    domain, clip ``i`` in fold ``i % folds``); the nearest counts, as for a test clip. A domain with
+    a single clip gives no such score (inf)."""
     check_finite(groups, "autoencoder references")
-    parts, precisions = defaultdict(list), defaultdict(list)
-    fitted = [(key, domain, vectors[:, 1:].astype(np.float64)) for key, domain, vectors, _ in _by_section(groups)]
-    for key, domain, x in fitted:
-        fit = LedoitWolf().fit(x)
-        parts[key].append((domain, fit.location_[None], np.ones(1), np.full(1, -1)))
-        precisions[key].append(fit.precision_[None])
+    sections = defaultdict(list)
+    for key, domain, vectors, _ in _by_section(groups):
+        sections[key].append((domain, vectors[:, 1:].astype(np.float64)))
+    parts, precisions, held_out = defaultdict(list), defaultdict(list), {}
+    for key, domains in sections.items():
+        xs = [x for _, x in domains]
+        for (domain, _), (mean, precision) in zip(domains, gaussians(xs, pooled)):
+            parts[key].append((domain, mean[None], np.ones(1), np.full(1, -1)))
+            precisions[key].append(precision[None])
+        held_out[key] = np.concatenate([cross_fitted_mahalanobis(xs, d, folds, pooled) for d in range(len(xs))])
     refs = _references(parts)
     refs.precisions = {k: np.concatenate(v) for k, v in precisions.items()}
-    held_out = defaultdict(list)
-    for key, domain, x in fitted:
-        others = refs.domains[key] != domain
-        other = mahalanobis(x, refs.vectors[key][others], refs.precisions[key][others])
-        own = cross_fitted_mahalanobis(x, folds)
-        held_out[key].append(np.minimum(own, other) if len(x) > 1 else own)  # a lone clip: no score (inf)
-    refs.held_out = {k: np.concatenate(v) for k, v in held_out.items()}
+    refs.held_out = held_out
     return refs
 
 
-def cross_fitted_mahalanobis(x: np.ndarray, folds: int) -> np.ndarray:
-    """Each row's distance to a Gaussian fitted on the other folds (row ``i`` in fold ``i % folds``);
-    inf for a lone row, which has nothing to be compared with."""
-    from sklearn.covariance import LedoitWolf
+def gaussians(xs: list[np.ndarray], pooled: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(mean, precision)`` per domain's clips ``xs``. Pooled: the deviations of every domain's
+    clips from their own domain's mean share one covariance, so the target domain's few clips need
+    only give a mean (a covariance in 640 dimensions from 10 clips is mostly shrinkage)."""
+    from sklearn.covariance import LedoitWolf  # here, not at the top: scoring actors import this module
 
+    if not pooled:
+        return [(fit.location_, fit.precision_) for fit in (LedoitWolf().fit(x) for x in xs)]
+    means = [x.mean(axis=0) for x in xs]
+    fit = LedoitWolf(assume_centered=True).fit(np.concatenate([x - m for x, m in zip(xs, means)]))
+    return [(m, fit.precision_) for m in means]
+
+
+def cross_fitted_mahalanobis(xs: list[np.ndarray], d: int, folds: int, pooled: bool = False) -> np.ndarray:
+    """Each row of domain ``d``'s clips, scored by the Gaussians fitted without its fold (row ``i`` in
+    fold ``i % folds``): the smallest distance over the domains; inf for a lone row, which has
+    nothing to be compared with."""
+    x = xs[d]
     own = np.full(len(x), np.inf)
     if len(x) < 2:
         return own
     fold = np.arange(len(x)) % min(folds, len(x))
     for f in range(min(folds, len(x))):
-        fit = LedoitWolf().fit(x[fold != f])
-        own[fold == f] = mahalanobis(x[fold == f], fit.location_[None], fit.precision_[None])
+        fits = gaussians([x[fold != f] if j == d else other for j, other in enumerate(xs)], pooled)
+        own[fold == f] = mahalanobis(x[fold == f], np.stack([m for m, _ in fits]), np.stack([p for _, p in fits]))
     return own
 
 

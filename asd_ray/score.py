@@ -69,6 +69,11 @@ class ScoreConfig(JobConfig, Tracked):
         "mahalanobis", description="for autoencoder bundles: the mean squared reconstruction error, or the "
                                    "Mahalanobis distance of the clip's mean error vector to its section's and "
                                    "domain's normal clips (the stronger of the official baseline's two)")
+    autoencoder_covariance: Literal["pooled", "domain"] = Field(
+        "pooled", description="the autoencoder's Mahalanobis score: one covariance per section, pooled over its "
+                              "domains' deviations from their own means (the target domain's few clips give only "
+                              "a mean; won on both quality suites), or each domain's own (the official "
+                              "baseline's: the comparator)")
     decision_percentile: float = Field(90.0, gt=0, lt=100)
     batch_size: int = Field(64, ge=1)
     actors: int = Field(1, ge=1, description="embedding actors (one model each)")
@@ -124,7 +129,7 @@ def limit_buffering(cfg: ScoreConfig) -> None:
 def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) -> References:
     if info.method == "autoencoder":
         if cfg.autoencoder_score == "mahalanobis":
-            return mahalanobis_references(groups)
+            return mahalanobis_references(groups, pooled=cfg.autoencoder_covariance == "pooled")
         check_finite(groups, "autoencoder references")  # no vectors: the reconstruction error is the score
         return reconstruction_references({(m, s) for m, s, _ in groups})
     if info.method == "framestats":
@@ -178,6 +183,8 @@ def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sam
         r.meta = {"data": cfg.fit_data or cfg.data, "method": method_name(cfg, info), "bundle": url,
                   "clips": {"|".join(g): n for g, n in sorted(sample.seen.items())},
                   "kept": {"|".join(g): n for g, n in sorted(sample.kept().items())}}
+        if r.meta["method"] == "mahalanobis":
+            r.meta["covariance"] = cfg.autoencoder_covariance
     if len(refs) > 1:
         refs[0].meta["norms"] = {}
     for key in refs[0].vectors:  # thresholds from the training clips' own scores, out of sample

@@ -20,6 +20,7 @@ detector's standardised score alone. The ``section`` row is ``asd-ray score``'s 
 """
 
 import argparse
+from functools import partial
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from framestats_screen import official, suite
 
 DETECTORS = {  # quality.py's hybrid, in its order: companion folder and how asd-ray score fits its references
     "dual-stream": (None, knn_references),
-    "autoencoder": ("autoencoder", mahalanobis_references),
+    "autoencoder": ("autoencoder", partial(mahalanobis_references, pooled=True)),
     "frame statistics": ("framestats", lambda groups: knn_references(groups, standardise=True)),
     "line alarms": ("tonal", alarm_references),
 }
@@ -63,10 +64,11 @@ def domain_scores(refs: References, key, x: np.ndarray, domain: str) -> np.ndarr
 
 
 def own_domain_scores(refs: References, key, x: np.ndarray, domain: str) -> np.ndarray:
-    """A domain's training clips ``x`` against their own domain's references, each left out of them."""
+    """A domain's training clips ``x`` against their own domain's references, each left out of them (the
+    autoencoder: a Gaussian of their own, its covariance not pooled)."""
     at = refs.domains[key] == domain
     if refs.precisions is not None:
-        return cross_fitted_mahalanobis(x[:, 1:].astype(np.float64), folds=5)
+        return cross_fitted_mahalanobis([x[:, 1:].astype(np.float64)], 0, folds=5)
     z = refs.standardised(key, x)
     if refs.meta.get("method") == "alarm":
         return leave_one_out_rises(z) / refs.scales[key][at][0]

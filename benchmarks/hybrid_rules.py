@@ -17,11 +17,12 @@ from asd_ray import metrics, storage
 from asd_ray.references import References
 from asd_ray.score import read_scores
 
-# quality.py's systems by folder: the dual-stream model alone, the autoencoder (Mahalanobis), the
+# quality.py's systems by folder: the dual-stream model alone, the hybrid's autoencoder term, the
 # frame statistics, the line alarms, and the hybrid of the four (whose references hold the normalisers,
-# in that order); a run of quality.py from before the line alarms (up to the thirteenth session): the
-# first three and the hybrid of those
-LAYOUTS = ((("0", "2", "3", "4"), "7"), (("0", "2", "3"), "5"))
+# in that order); a run from before the pooled covariance (up to the twenty-sixth session), whose
+# hybrid had the comparator's autoencoder score (folder 2); a run from before the line alarms (up to
+# the thirteenth session): the first three and the hybrid of those
+LAYOUTS = ((("0", "8", "3", "4"), "7"), (("0", "2", "3", "4"), "7"), (("0", "2", "3"), "5"))
 RULES = {
     "sum": lambda z: z.sum(0),
     "sum of max(z, 0)": lambda z: np.maximum(z, 0).sum(0),
@@ -40,7 +41,8 @@ RULES = {
 def standardised(run: str) -> tuple[dict, np.ndarray]:
     """The test clips' table and every detector's standardised scores ``(detectors, clips)``: the
     dual-stream model, the autoencoder, the frame statistics (and the line alarms)."""
-    detectors, hybrid = next(((d, h) for d, h in LAYOUTS if storage.exists(storage.join(run, h, "manifest.json"))),
+    detectors, hybrid = next(((d, h) for d, h in LAYOUTS
+                              if all(storage.exists(storage.join(run, f, "manifest.json")) for f in (*d, h))),
                              LAYOUTS[0])
     tables = [read_scores(storage.join(run, d)).to_pydict() for d in detectors]
     if any(t["clip_id"] != tables[0]["clip_id"] for t in tables):

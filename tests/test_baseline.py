@@ -80,20 +80,28 @@ def test_autoencoder_trains_and_scores_through_the_same_jobs(ae_data, tmp_path):
     assert info.method == "autoencoder" and loss_fn is None and isinstance(model, MachineAutoEncoders)
     assert model.machines == ["fan", "pump"]  # a model per machine type, one bundle
 
-    tables = {}
-    for how in ("mse", "mahalanobis"):
+    tables, refs = {}, {}
+    settings = {"mse": dict(autoencoder_score="mse"), "mahalanobis": {},  # the default: the pooled covariance
+                "official": dict(autoencoder_score="mahalanobis", autoencoder_covariance="domain")}
+    for how, fields in settings.items():
         out = str(tmp_path / f"scores-{how}")
-        cfg = ScoreConfig(bundle=result["bundle"], data=ae_data, out=out, batch_size=8, autoencoder_score=how)
+        cfg = ScoreConfig(bundle=result["bundle"], data=ae_data, out=out, batch_size=8, **fields)
         summary = run_score(cfg)
         tables[how] = read_scores(out)
         # 2 machines x 2 domains x (4 normal + 4 anomalous)
         assert summary["scored"] == tables[how].num_rows == 2 * 2 * 8
         assert os.path.exists(os.path.join(out, "anomaly_score_fan_section_00_test.csv"))
         assert 0 <= run_evaluate(EvaluateConfig(scores=out))["official_score"] <= 1
-        refs = References.from_bytes(open(cfg.references_url, "rb").read())
-        assert refs.meta["method"] == {"mse": "reconstruction", "mahalanobis": "mahalanobis"}[how]
+        refs[how] = References.from_bytes(open(cfg.references_url, "rb").read())
+        assert refs[how].meta["method"] == ("reconstruction" if how == "mse" else "mahalanobis")
+        assert refs[how].meta.get("covariance") == {"mse": None, "mahalanobis": "pooled", "official": "domain"}[how]
     assert min(tables["mse"]["score"].to_pylist()) > 2  # reconstruction errors (dB^2), not cosine distances
-    # Mahalanobis: a Gaussian per section and domain over the clips' mean error vectors (64 mels x 5 frames)
-    assert {k: v.shape for k, v in refs.precisions.items()} == {(m, "00"): (2, 320, 320) for m in ("fan", "pump")}
-    assert np.isfinite(tables["mahalanobis"]["score"].to_numpy()).all()
+    # Mahalanobis: a Gaussian per section and domain over the clips' mean error vectors (64 mels x 5 frames);
+    # pooled, the domains share one covariance; the official baseline's, each its own
+    for how in ("mahalanobis", "official"):
+        precisions = refs[how].precisions
+        assert {k: v.shape for k, v in precisions.items()} == {(m, "00"): (2, 320, 320) for m in ("fan", "pump")}
+        assert all(np.array_equal(p[0], p[1]) == (how == "mahalanobis") for p in precisions.values())
+        assert np.isfinite(tables[how]["score"].to_numpy()).all()
+    assert tables["mahalanobis"]["score"].to_pylist() != tables["official"]["score"].to_pylist()
     assert tables["mse"]["score"].to_pylist() != tables["mahalanobis"]["score"].to_pylist()

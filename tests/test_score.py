@@ -208,18 +208,19 @@ def test_training_scores_leave_each_clip_out():
                                nearest(vectors, vectors, np.ones(7), exclude), rtol=1e-5)
 
 
-def test_gaussian_references_score_their_training_clips_out_of_sample():
+@pytest.mark.parametrize("pooled", [False, True])
+def test_gaussian_references_score_their_training_clips_out_of_sample(pooled):
     """A Gaussian fitted on few clips in many dimensions scores those clips far below unseen normal
     clips; thresholds and hybrid norms from such scores flagged almost every normal clip. The
     training scores must come from fits that did not see the clip: then they are distributed as a
-    fresh normal clip's scores are."""
+    fresh normal clip's scores are, with the covariance pooled over the domains or not."""
     rng = np.random.default_rng(0)
     dims, spread = 40, np.linspace(0.2, 2.0, 40)
 
     def clips(n, centre):  # column 0 is the MSE, unused by the Gaussians
         return list(np.column_stack([np.zeros(n), centre + spread * rng.normal(size=(n, dims))]))
     groups = {("valve", "00", "source"): clips(200, 0.0), ("valve", "00", "target"): clips(12, 3.0)}
-    refs = mahalanobis_references(groups)
+    refs = mahalanobis_references(groups, pooled=pooled)
     key = ("valve", "00")
     train = np.stack(groups[("valve", "00", "source")] + groups[("valve", "00", "target")])
     held_out = refs.training_scores(key, train)
@@ -227,10 +228,31 @@ def test_gaussian_references_score_their_training_clips_out_of_sample():
     for domain, rows, centre in (("source", slice(0, 200), 0.0), ("target", slice(200, None), 3.0)):
         fresh = np.median(refs.score(*key, np.stack(clips(400, centre))))
         assert 0.75 * fresh < np.median(held_out[rows]) < 1.33 * fresh, domain
-        if domain == "target":  # the target fit had seen its 12 clips: they score far below fresh ones
+        if domain == "target" and not pooled:  # the target fit had seen its 12 clips: far below fresh ones
             assert np.median(in_sample[rows]) < 0.6 * fresh
-    one = mahalanobis_references({("valve", "00", "source"): clips(20, 0.0), ("valve", "00", "target"): clips(1, 3.0)})
+    one = mahalanobis_references({("valve", "00", "source"): clips(20, 0.0), ("valve", "00", "target"): clips(1, 3.0)},
+                                 pooled=pooled)
     assert np.isinf(one.training_scores(key, None)[20:]).all()  # a lone target clip has no out-of-sample score
+
+
+def test_pooled_covariance_finds_a_target_fault_that_ten_clips_cannot_shape():
+    """The target domain's 10 clips give a mean, not a covariance in 40 dimensions: their own
+    (Ledoit-Wolf) covariance is near-spherical, so a fault that moves clips along the directions in
+    which normal clips hardly vary is lost in the spread along the others. Pooled with the source
+    clips' deviations from their own mean, the covariance knows those directions."""
+    rng = np.random.default_rng(1)
+    spread = np.linspace(0.1, 3.0, 40)
+
+    def clips(n, centre, fault=0.0):  # column 0 is the MSE, unused by the Gaussians
+        x = centre + spread * rng.normal(size=(n, 40))
+        x[:, :8] += fault  # along the eight quietest directions
+        return np.column_stack([np.zeros(n), x])
+    groups = {("valve", "00", "source"): clips(300, 0.0), ("valve", "00", "target"): clips(10, 2.0)}
+    test = np.vstack([clips(100, 2.0), clips(100, 2.0, fault=1.5)])
+    auc = {pooled: roc_auc_score([0] * 100 + [1] * 100,
+                                 mahalanobis_references(groups, pooled=pooled).score("valve", "00", test))
+           for pooled in (False, True)}
+    assert auc[True] > 0.95 and auc[True] > auc[False] + 0.2, auc
 
 
 def test_knn_references_end_to_end(trained):
