@@ -240,10 +240,11 @@ def mahalanobis_references(groups: Groups, folds: int = 5, pooled: bool = False)
     parts, precisions, held_out = defaultdict(list), defaultdict(list), {}
     for key, domains in sections.items():
         xs = [x for _, x in domains]
-        for (domain, _), (mean, precision) in zip(domains, gaussians(xs, pooled)):
+        fits = gaussians(xs, pooled)
+        for (domain, _), (mean, precision) in zip(domains, fits):
             parts[key].append((domain, mean[None], np.ones(1), np.full(1, -1)))
             precisions[key].append(precision[None])
-        held_out[key] = np.concatenate([cross_fitted_mahalanobis(xs, d, folds, pooled) for d in range(len(xs))])
+        held_out[key] = np.concatenate([cross_fitted_mahalanobis(xs, d, folds, pooled, fits) for d in range(len(xs))])
     refs = _references(parts)
     refs.precisions = {k: np.concatenate(v) for k, v in precisions.items()}
     refs.held_out = held_out
@@ -263,18 +264,27 @@ def gaussians(xs: list[np.ndarray], pooled: bool) -> list[tuple[np.ndarray, np.n
     return [(m, fit.precision_) for m in means]
 
 
-def cross_fitted_mahalanobis(xs: list[np.ndarray], d: int, folds: int, pooled: bool = False) -> np.ndarray:
+def cross_fitted_mahalanobis(xs: list[np.ndarray], d: int, folds: int, pooled: bool = False,
+                             fits: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Each row of domain ``d``'s clips, scored by the Gaussians fitted without its fold (row ``i`` in
     fold ``i % folds``): the smallest distance over the domains; inf for a lone row, which has
-    nothing to be compared with."""
+    nothing to be compared with. ``fits``: ``gaussians(xs, pooled)`` when the caller has them. Per
+    domain, only domain ``d``'s Gaussian changes with the fold, so the others are fitted once;
+    pooled, every fold refits the shared covariance."""
     x = xs[d]
     own = np.full(len(x), np.inf)
     if len(x) < 2:
         return own
+    if not pooled and fits is None:
+        fits = gaussians(xs, pooled)
     fold = np.arange(len(x)) % min(folds, len(x))
     for f in range(min(folds, len(x))):
-        fits = gaussians([x[fold != f] if j == d else other for j, other in enumerate(xs)], pooled)
-        own[fold == f] = mahalanobis(x[fold == f], np.stack([m for m, _ in fits]), np.stack([p for _, p in fits]))
+        if pooled:
+            fold_fits = gaussians([x[fold != f] if j == d else other for j, other in enumerate(xs)], pooled)
+        else:
+            fold_fits = fits[:d] + gaussians([x[fold != f]], pooled) + fits[d + 1:]
+        own[fold == f] = mahalanobis(x[fold == f], np.stack([m for m, _ in fold_fits]),
+                                     np.stack([p for _, p in fold_fits]))
     return own
 
 

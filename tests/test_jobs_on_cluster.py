@@ -482,7 +482,10 @@ def test_elastic_training_shrinks_when_a_node_is_lost_and_grows_when_one_joins(c
 def test_a_sweep_that_loses_a_node_retries_its_trials_from_their_checkpoints(cluster, submitted):
     """Two trials at once on two 2-CPU nodes; the node running one trial's driver (and with it its
     Train controller) is lost after a checkpoint: Tune retries the trial on another node and its
-    Train run goes on from its last checkpoint; the sweep finishes with both trials complete."""
+    Train run goes on from its last checkpoint; the sweep finishes with both trials complete.
+
+    Five epochs, the node lost once both trials have printed their second: three epochs are still
+    to run, so neither trial can finish before its node goes (with three, one sometimes did)."""
     import pandas as pd
 
     nodes, env = cluster
@@ -491,7 +494,7 @@ def test_a_sweep_that_loses_a_node_retries_its_trials_from_their_checkpoints(clu
     submit(nodes.address, env, "tune-lost", "jobs/tune.py", "name=lost", f"storage_path={sweep}", "num_samples=2",
            "max_concurrent=2", "asha=null", "objective=loss", "max_failures=1", "space={lr: {choice: [0.001, 0.003]}}",
            f"train.data={submitted['data']}", f"train.storage_path={submitted['runs']}", "train.num_workers=1",
-           "train.use_gpu=false", "train.cpus_per_worker=1", "train.epochs=3", "train.batch_size=8",
+           "train.use_gpu=false", "train.cpus_per_worker=1", "train.epochs=5", "train.batch_size=8",
            "train.clip_seconds=1", "train.n_subclusters=2", "train.validation=null", "train.autoencoder_epochs=0",
            f"train.model={TINY_MODEL}", wait=False)
     deadline, lost = time.time() + 300, None
@@ -514,7 +517,7 @@ def test_a_sweep_that_loses_a_node_retries_its_trials_from_their_checkpoints(clu
     fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"])
     with fs.open(f"{sweep.removeprefix('s3://')}/lost/results.csv") as f:
         table = pd.read_csv(f)
-    assert len(table) == 2 and list(table["epochs"]) == [3, 3] and table["error"].isna().all(), table
+    assert len(table) == 2 and list(table["epochs"]) == [5, 5] and table["error"].isna().all(), table
 
 
 class NodeMemory(threading.Thread):
