@@ -484,8 +484,9 @@ def test_a_sweep_that_loses_a_node_retries_its_trials_from_their_checkpoints(clu
     Train controller) is lost after a checkpoint: Tune retries the trial on another node and its
     Train run goes on from its last checkpoint; the sweep finishes with both trials complete.
 
-    Five epochs, the node lost once both trials have printed their second: three epochs are still
-    to run, so neither trial can finish before its node goes (with three, one sometimes did)."""
+    Five epochs, the node lost once both trials have printed their second: the lost trial has up to
+    three epochs left to run, not a fraction of one (with three epochs, a trial once finished before
+    its node went, and nothing was retried)."""
     import pandas as pd
 
     nodes, env = cluster
