@@ -50,6 +50,8 @@ class BundleInfo(BaseModel):
     clip_samples: int
     training: dict = {}
     companions: list[str] = []  # bundles inside this one (folder names) whose scores ``score`` adds by default
+    weight: float = 1.0  # this model's weight in that sum (an ensemble's members share one term: 1/N each)
+    companion_weights: dict[str, float] = {}  # the companions' weights in it, where not 1
 
     @property
     def machines(self) -> list[str]:

@@ -94,9 +94,10 @@ def score_batch(refs: list[References], batch: dict[str, np.ndarray], columns: d
 
 def clip_scores(refs: list[References], machine: str, section: str, columns: dict[str, np.ndarray],
                 device: torch.device | str = "cpu") -> np.ndarray:
-    """The main model's scores, or the sum of every model's scores normalised per section."""
+    """The main model's scores, or the weighted sum of every model's scores normalised per section."""
     if len(refs) == 1:
         return refs[0].score(machine, section, columns["embedding"], device)
     norms = refs[0].meta["norms"][f"{machine}|{section}"]
-    return sum((r.score(machine, section, columns[embedding_column(k)], device) - mu) / sd
-               for k, (r, (mu, sd)) in enumerate(zip(refs, norms)))
+    weights = refs[0].meta.get("weights") or [1.0] * len(refs)  # references fitted before weights: 1 each
+    return sum(w * (r.score(machine, section, columns[embedding_column(k)], device) - mu) / sd
+               for k, (r, (mu, sd), w) in enumerate(zip(refs, norms, weights)))

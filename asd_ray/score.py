@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy import stats
 
 from asd_ray import bundle, dataset, storage
@@ -65,6 +65,9 @@ class ScoreConfig(JobConfig, Tracked):
     add_bundles: list[str] = Field(default_factory=list, description="more models (any method) whose scores are "
                                    "added: each detector's score is normalised per machine and section by its "
                                    "training clips' scores (mean 0, standard deviation 1) and the sum is the score")
+    weights: list[float] = Field(default_factory=list, description="each model's weight in that sum, the main "
+                                 "model's first (default: 1 each). companions=true: as trained (an ensemble's "
+                                 "members share one term), 1 for add_bundles")
     autoencoder_score: Literal["mse", "mahalanobis"] = Field(
         "mahalanobis", description="for autoencoder bundles: the mean squared reconstruction error, or the "
                                    "Mahalanobis distance of the clip's mean error vector to its section's and "
@@ -85,6 +88,16 @@ class ScoreConfig(JobConfig, Tracked):
     references_to: str | None = Field(None, description="URL of the fitted references "
                                                         "(default: beside the model, <bundle>/references.npz)")
     storage: StorageOptions = StorageOptions()
+
+    @model_validator(mode="after")
+    def _one_weight_per_model(self) -> ScoreConfig:
+        if self.weights and (len(self.weights) != len(self.bundles) or min(self.weights) <= 0):
+            raise ValueError(f"weights: expected a positive number per model, {len(self.bundles)} in all (the main "
+                             f"model's, then one per add_bundles entry), got {self.weights}")
+        return self
+
+    def model_weights(self) -> list[float]:
+        return self.weights or [1.0] * len(self.bundles)
 
     @property
     def references_url(self) -> str:
@@ -186,14 +199,14 @@ def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sam
         if r.meta["method"] == "mahalanobis":
             r.meta["covariance"] = cfg.autoencoder_covariance
     if len(refs) > 1:
-        refs[0].meta["norms"] = {}
+        refs[0].meta["norms"], refs[0].meta["weights"] = {}, cfg.model_weights()
     for key in refs[0].vectors:  # thresholds from the training clips' own scores, out of sample
         per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
         scores = per_model[0]
         if len(refs) > 1:
             norms = [section_norm(x) for x in per_model]
             refs[0].meta["norms"]["|".join(key)] = norms
-            scores = sum((x - mu) / sd for x, (mu, sd) in zip(per_model, norms))
+            scores = sum(w * (x - mu) / sd for x, (mu, sd), w in zip(per_model, norms, cfg.model_weights()))
         refs[0].thresholds[key] = threshold(scores, cfg.decision_percentile, normal=len(refs) > 1, key=key)
     return refs
 
@@ -221,9 +234,14 @@ def threshold(scores: np.ndarray, percentile: float, normal: bool, key: tuple[st
 def run_score(cfg: ScoreConfig) -> dict:
     cfg = cfg.model_copy(update={"storage": cfg.storage.resolved()})
     main = bundle.load_bundle(cfg.bundle, cfg.storage)[2]
-    if cfg.companions:  # from here on the models are named explicitly (and so in the manifest)
-        cfg = cfg.model_copy(update={"companions": False, "add_bundles": [
-            *(storage.join(cfg.bundle, c) for c in main.companions), *cfg.add_bundles]})
+    if cfg.companions:  # from here on the models and their weights are named explicitly (and so in the manifest)
+        if cfg.weights:
+            raise ValueError("weights: the companions' weights are the bundle's; give weights with companions=false "
+                             "and every model in add_bundles")
+        companions = [storage.join(cfg.bundle, c) for c in main.companions]
+        weights = [main.weight, *(main.companion_weights.get(c, 1.0) for c in main.companions)]
+        cfg = cfg.model_copy(update={"companions": False, "add_bundles": [*companions, *cfg.add_bundles],
+                                     "weights": [*weights, *[1.0] * len(cfg.add_bundles)]})
     infos = [main, *(bundle.load_bundle(url, cfg.storage)[2] for url in cfg.add_bundles)]
     for url, info in zip(cfg.bundles[1:], infos[1:]):
         if info.sample_rate != infos[0].sample_rate:

@@ -105,7 +105,8 @@ class TrainConfig(JobConfig, Tracked):
     ensemble: int = Field(1, ge=1, description="method=scadacos: dual-stream models in all; members 2.. are trained "
                                                "after the first in the same job with seeds seed+1.. (runs "
                                                "'<name>-member-<k>', bundles <bundle>/member-<k>) and asd-ray score "
-                                               "adds their normalised scores. Each member costs a training")
+                                               "averages their normalised scores into the hybrid's one dual-stream "
+                                               "term. Each member costs a training")
     framestats: FrameStatsConfig | None = Field(FrameStatsConfig(), description="method=scadacos: the frame-"
                                                 "statistics detector (nothing to train) saved beside the model in "
                                                 "<bundle>/framestats; asd-ray score adds its normalised score (the "
@@ -281,6 +282,14 @@ def companion_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
     return companions
 
 
+def ensemble_weights(cfg: TrainConfig) -> dict:
+    """The main model's and its members' weights in the hybrid's sum: one term, their mean."""
+    if cfg.ensemble == 1:
+        return {}
+    return {"weight": 1 / cfg.ensemble, "companion_weights": {f"member-{k}": 1 / cfg.ensemble
+                                                              for k in range(1, cfg.ensemble)}}
+
+
 def label_map(cfg: TrainConfig) -> LabelMap:
     """The auxiliary classes of the training clips (metadata only); checks every clip's sample rate."""
     keys = dataset.clip_keys(cfg.data, split="train", machine=cfg.machines, sample_rate=cfg.sample_rate,
@@ -411,8 +420,8 @@ def train(cfg: TrainConfig) -> dict:
             bundle.save_untrained(url, info.model_copy(update={"method": method, method: settings, "training": {}}),
                                   cfg.storage)
             summary["companions"][folder] = {"bundle": url}
-    bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(summary["companions"])}), weights,
-                       cfg.storage)
+    bundle.save_bundle(cfg.bundle_url, info.model_copy(update={"companions": list(summary["companions"]),
+                                                               **ensemble_weights(cfg)}), weights, cfg.storage)
     return summary
 
 

@@ -49,6 +49,9 @@ def standardised(run: str) -> tuple[dict, np.ndarray]:
         raise ValueError(f"{run}: the systems scored different clips")
     norms = References.from_bytes(storage.read_bytes(storage.join(run, hybrid, "references.npz"))).meta["norms"]
     keys = [f"{m}|{s}" for m, s in zip(tables[0]["machine"], tables[0]["section"])]
+    if len(norms[keys[0]]) != len(detectors):  # the hybrid's k-th normaliser must be the k-th detector's
+        raise ValueError(f"{run}: its hybrid has {len(norms[keys[0]])} models, not the {len(detectors)} detectors "
+                         f"read here (an ensemble run?); the screens read runs of one model per detector")
     z = np.array([[(score - norms[key][k][0]) / norms[key][k][1] for score, key in zip(t["score"], keys)]
                   for k, t in enumerate(tables)])
     return tables[0], z

@@ -11,6 +11,7 @@ import time
 import boto3
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
 from asd_ray import bundle, cli, dataset, shards, storage
@@ -48,10 +49,10 @@ def trained(hybrid):
 def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybrid):
     """By default a model trained with companions (an ensemble member, the autoencoder, the frame
     statistics, the line alarms) scores with all of them: each model's score standardised by its
-    training clips' scores of that machine and section, then added; thresholds from the summed
-    training scores. Each model's own scores are recomputed here, in this process, from the
-    references the job saved; one model is also scored alone by a job of its own, as a check of
-    that recomputation."""
+    training clips' scores of that machine and section, then added, the ensemble's two members at
+    half weight each (one term, their mean); thresholds from the summed training scores. Each
+    model's own scores are recomputed here, in this process, from the references the job saved;
+    one model is also scored alone by a job of its own, as a check of that recomputation."""
     from asd_ray.embedder import Embedder, embedding_column
 
     main = hybrid["bundle"]
@@ -75,6 +76,7 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
     assert [r.meta["bundle"] for r in refs] == [main, member, companion, frames, tonal]
     manifest = json.loads(storage.read_bytes(f"{B}/out-hybrid/manifest.json"))
     assert manifest["config"]["add_bundles"] == [member, companion, frames, tonal]  # what was used, named
+    assert manifest["config"]["weights"] == [0.5, 0.5, 1, 1, 1] == refs[0].meta["weights"]
     embedder = Embedder([main, member, companion, frames, tonal], {}, use_gpu=False)
     for machine in ("compressor", "fan"):
         rows = np.flatnonzero(np.array(scores["machine"].to_pylist()) == machine)
@@ -89,11 +91,22 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
         np.testing.assert_allclose(singles[2], ae_alone, rtol=1e-4)  # the companion scored alone, by a job
         norms = refs[0].meta["norms"][f"{machine}|00"]
         assert len(norms) == 5 and all(sd > 0 for _, sd in norms)
-        expected = sum((x - mu) / sd for x, (mu, sd) in zip(singles, norms))
+        expected = sum(w * (x - mu) / sd for x, (mu, sd), w in zip(singles, norms, [0.5, 0.5, 1, 1, 1]))
         np.testing.assert_allclose(scores["score"].to_numpy()[rows], expected, rtol=1e-4, atol=1e-4)
         threshold = refs[0].thresholds[(machine, "00")]
         assert np.isfinite(threshold)
         assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
+
+
+def test_weights_name_one_positive_number_per_model_and_are_the_bundles_own_with_companions(trained):
+    with pytest.raises(ValidationError, match="expected a positive number per model, 2 in all"):
+        ScoreConfig(bundle=trained, companions=False, add_bundles=[f"{trained}/autoencoder"], weights=[1.0])
+    with pytest.raises(ValidationError, match="expected a positive number per model, 2 in all"):
+        ScoreConfig(bundle=trained, companions=False, add_bundles=[f"{trained}/autoencoder"], weights=[1.0, 0.0])
+    cfg = ScoreConfig(bundle=trained, data=f"{B}/data", out=f"{B}/out-weights", weights=[2.0])
+    with pytest.raises(ValueError, match="give weights with companions=false"):
+        run_score(cfg)
+    assert not storage.exists(f"{B}/out-weights/manifest.json")
 
 
 def test_an_added_autoencoder_without_a_model_for_a_machine_type_is_refused(trained):
