@@ -97,7 +97,11 @@ def clip_scores(refs: list[References], machine: str, section: str, columns: dic
     """The main model's scores, or the weighted sum of every model's scores normalised per section."""
     if len(refs) == 1:
         return refs[0].score(machine, section, columns["embedding"], device)
-    norms = refs[0].meta["norms"][f"{machine}|{section}"]
-    weights = refs[0].meta.get("weights") or [1.0] * len(refs)  # references fitted before weights: 1 each
-    return sum(w * (r.score(machine, section, columns[embedding_column(k)], device) - mu) / sd
-               for k, (r, (mu, sd), w) in enumerate(zip(refs, norms, weights)))
+    return hybrid_sum([r.score(machine, section, columns[embedding_column(k)], device) for k, r in enumerate(refs)],
+                      refs[0].meta["norms"][f"{machine}|{section}"],
+                      refs[0].meta.get("weights") or [1.0] * len(refs))  # references fitted before weights: 1 each
+
+
+def hybrid_sum(per_model: list[np.ndarray], norms: list[tuple[float, float]], weights: list[float]) -> np.ndarray:
+    """The hybrid score: each model's scores standardised by its section's normaliser, weighted, added."""
+    return sum(w * (x - mu) / sd for x, (mu, sd), w in zip(per_model, norms, weights))

@@ -33,7 +33,7 @@ from scipy import stats
 
 from asd_ray import bundle, dataset, storage
 from asd_ray.config import JobConfig
-from asd_ray.embedder import Embedder, embedding_column
+from asd_ray.embedder import Embedder, embedding_column, hybrid_sum
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.references import (ClipSample, Groups, References, alarm_references, centroid_references,
                                 check_finite, kmeans_references, knn_references, mahalanobis_references,
@@ -198,15 +198,16 @@ def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sam
                   "kept": {"|".join(g): n for g, n in sorted(sample.kept().items())}}
         if r.meta["method"] == "mahalanobis":
             r.meta["covariance"] = cfg.autoencoder_covariance
+    weights = cfg.model_weights()
     if len(refs) > 1:
-        refs[0].meta["norms"], refs[0].meta["weights"] = {}, cfg.model_weights()
+        refs[0].meta["norms"], refs[0].meta["weights"] = {}, weights
     for key in refs[0].vectors:  # thresholds from the training clips' own scores, out of sample
         per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
         scores = per_model[0]
         if len(refs) > 1:
             norms = [section_norm(x) for x in per_model]
             refs[0].meta["norms"]["|".join(key)] = norms
-            scores = sum(w * (x - mu) / sd for x, (mu, sd), w in zip(per_model, norms, cfg.model_weights()))
+            scores = hybrid_sum(per_model, norms, weights)
         refs[0].thresholds[key] = threshold(scores, cfg.decision_percentile, normal=len(refs) > 1, key=key)
     return refs
 
