@@ -207,6 +207,15 @@ def _references(parts: dict[Key, list[tuple]]) -> References:
     return References(cat(1), domains, scales=cat(2), origins=cat(3))
 
 
+def merge_sections(parts: list[References]) -> References:
+    """One ``References`` of several fitted on different sections (``meta`` of the first)."""
+    def union(name: str) -> dict | None:
+        found = [getattr(p, name) for p in parts]
+        return None if found[0] is None else {k: v for d in found for k, v in d.items()}
+    return References(union("vectors"), union("domains"), union("thresholds"), parts[0].meta, union("scales"),
+                      union("origins"), union("precisions"), union("held_out"), union("standard"))
+
+
 def reconstruction_references(keys) -> References:
     """For the autoencoder baseline: no vectors, the clip's reconstruction error is its score."""
     keys = sorted(keys)

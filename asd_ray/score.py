@@ -2,8 +2,8 @@
 
 Two streaming passes over an actor pool (the models loaded once per actor, GPU actors when
 asked). Fit: the actors embed the normal training clips and the driver keeps a bounded sample of
-them per machine, section and domain (``max_references``; see ``references.py``), builds the
-references and the decision thresholds from it. Score: the fitted references (a few MB) go to
+them per machine, section and domain (``max_references``; see ``references.py``); Ray tasks, one
+per section, build the references and the decision thresholds from it. Score: the fitted references (a few MB) go to
 the actors once through the object store; each actor embeds its test clips and returns their
 scores and decisions, never embeddings; Ray Data writes them as Parquet shards under
 ``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
@@ -37,7 +37,7 @@ from asd_ray.embedder import Embedder, embedding_column, hybrid_sum
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.references import (ClipSample, Groups, References, alarm_references, centroid_references,
                                 check_finite, kmeans_references, knn_references, mahalanobis_references,
-                                reconstruction_references, section_clips)
+                                merge_sections, reconstruction_references, section_clips)
 from asd_ray.score_output import finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
@@ -191,25 +191,61 @@ def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> list[Ref
 
 def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sample: ClipSample) -> list[References]:
     groups = [sample.groups(k) for k in range(len(infos))]
-    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+    weights = cfg.model_weights()
+    sections = fit_sections(cfg, infos, groups, weights)
+    refs = [merge_sections([section[0][k] for section in sections.values()]) for k in range(len(infos))]
     for r, info, url in zip(refs, infos, cfg.bundles):
         r.meta = {"data": cfg.fit_data or cfg.data, "method": method_name(cfg, info), "bundle": url,
                   "clips": {"|".join(g): n for g, n in sorted(sample.seen.items())},
                   "kept": {"|".join(g): n for g, n in sorted(sample.kept().items())}}
         if r.meta["method"] == "mahalanobis":
             r.meta["covariance"] = cfg.autoencoder_covariance
-    weights = cfg.model_weights()
+    refs[0].thresholds = {key: threshold for key, (_, _, threshold) in sections.items()}
     if len(refs) > 1:
-        refs[0].meta["norms"], refs[0].meta["weights"] = {}, weights
-    for key in refs[0].vectors:  # thresholds from the training clips' own scores, out of sample
-        per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
-        scores = per_model[0]
-        if len(refs) > 1:
-            norms = [section_norm(x) for x in per_model]
-            refs[0].meta["norms"]["|".join(key)] = norms
-            scores = hybrid_sum(per_model, norms, weights)
-        refs[0].thresholds[key] = threshold(scores, cfg.decision_percentile, normal=len(refs) > 1, key=key)
+        refs[0].meta["norms"] = {"|".join(key): norms for key, (_, norms, _) in sections.items()}
+        refs[0].meta["weights"] = weights
     return refs
+
+
+def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[Groups],
+                 weights: list[float]) -> dict[tuple[str, str], tuple[list[References], list | None, float]]:
+    """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
+    (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
+    as many at once as it has CPUs, each sent only its own section's vectors; in section order."""
+    keys = sorted({(m, s) for m, s, _ in groups[0]})
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict[ray.ObjectRef, tuple[str, str]] = {}
+    fitted = {}
+
+    def collect() -> None:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        try:
+            fitted[pending.pop(ready)] = ray.get(ready)
+        except ray.exceptions.RayTaskError as err:  # the job's own error (a section with too few clips), not Ray's
+            raise (err.cause if isinstance(err.cause, Exception) else err) from None
+
+    for key in keys:
+        if len(pending) >= window:
+            collect()
+        own = [{g: v for g, v in model_groups.items() if g[:2] == key} for model_groups in groups]
+        pending[fit_section.remote(cfg, infos, own, weights)] = key
+    while pending:
+        collect()
+    return {key: fitted[key] for key in keys}
+
+
+@ray.remote(num_cpus=1)
+def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[Groups],
+                weights: list[float]) -> tuple[list[References], list | None, float]:
+    """One section's references per model, and its decision threshold from the training clips' own
+    scores, out of sample; with added models, each model's norm and the threshold of the sum."""
+    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+    key = next(iter(refs[0].vectors))
+    per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
+    if len(refs) == 1:
+        return refs, None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key)
+    norms = [section_norm(x) for x in per_model]
+    return refs, norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile, normal=True, key=key)
 
 
 def section_norm(training_scores: np.ndarray) -> tuple[float, float]:

@@ -35,7 +35,7 @@ work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 deps=$("$PY" -c 'import tomllib; print("\n".join(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]
                                                  ["dependencies"] if not d.startswith("mlflow")))')
 "$PY" -m pip install --quiet --dry-run --ignore-installed "${PLATFORM[@]}" --target "$work/t" \
-    --report "$work/report.json" $deps pytest-timeout psutil
+    --report "$work/report.json" $deps pytest-timeout pytest-instafail psutil
 "$PY" - "$work/report.json" "$IMAGE $SKIP" > "$work/needed.txt" <<'PYEOF'
 import json, re, sys
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()

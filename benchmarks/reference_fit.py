@@ -2,14 +2,16 @@
 
     python benchmarks/reference_fit.py [--sizes 1000,10000,100000,1000000] [--max-references 10000]
     python benchmarks/reference_fit.py --detector autoencoder [--covariance pooled|domain]
+    python benchmarks/reference_fit.py --sections 1,4 --sizes 10000 --detector autoencoder
 
-Random vectors (one machine and section: ``n`` source clips and 10 target clips) stream in
-batches of 1,024 through the same code ``asd-ray score`` runs in its driver: the bounded
-``ClipSample``, then the references and the out-of-sample thresholds. ``dual-stream``: 256-d unit
+Random vectors (per section of one machine type: ``n`` source clips and 10 target clips) stream
+in batches of 1,024 through the same code ``asd-ray score`` runs: the bounded ``ClipSample`` in
+the driver, then each section's references and out-of-sample thresholds in a Ray task of its own
+(``score.fit_sections``, as many at once as the local Ray has CPUs). ``dual-stream``: 256-d unit
 vectors, ``knn`` references. ``autoencoder``: 641 numbers a clip (the reconstruction error, then
 its 640-d error vector), a Gaussian per domain (Ledoit-Wolf) and the cross-fitted training
-scores. Peak memory is the largest resident set of this process above its size before the fit,
-sampled every 50 ms.
+scores. Peak memory, sampled every 50 ms: the largest resident set of this process (the driver,
+holding the sample) above its size before the fit, and of any one fitting task's worker process.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import time
 
 import numpy as np
 import psutil
+import ray
 
 from asd_ray.bundle import BundleInfo
 from asd_ray.labels import LabelMap
@@ -27,19 +30,24 @@ from asd_ray.score import ScoreConfig, references_from_sample
 
 
 class PeakRss(threading.Thread):
+    """This process's peak resident set, and the largest of any process running a fitting task."""
+
     def __init__(self):
         super().__init__(daemon=True)
         self.base = psutil.Process().memory_info().rss
-        self.peak, self.running = self.base, True
+        self.peak, self.task_peak, self.running = self.base, 0, True
 
     def run(self):
         while self.running:
             self.peak = max(self.peak, psutil.Process().memory_info().rss)
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                if proc.info["cmdline"] and proc.info["cmdline"][0].startswith("ray::fit_section"):
+                    self.task_peak = max(self.task_peak, proc.info["memory_info"].rss)
             time.sleep(0.05)
 
 
-def fit(n: int, max_references: int, detector: str = "dual-stream",
-        covariance: str = "pooled") -> tuple[float, float, int]:
+def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: str = "pooled",
+        sections: int = 1) -> tuple[float, float, float, int]:
     rng = np.random.default_rng(n)
     cfg = ScoreConfig(max_references=max_references, autoencoder_covariance=covariance)
     method, dims = ("autoencoder", 641) if detector == "autoencoder" else ("scadacos", 256)
@@ -49,19 +57,21 @@ def fit(n: int, max_references: int, detector: str = "dual-stream",
     monitor.start()
     t0 = time.time()
     sample = ClipSample(max_references)
-    for start in range(0, n + 10, 1024):  # the stream of embedded batches
-        count = min(1024, n + 10 - start)
-        batch = rng.normal(size=(count, dims)).astype(np.float32)
-        batch /= np.linalg.norm(batch, axis=1, keepdims=True)
-        for i, vector in enumerate(batch):
-            k = start + i
-            domain = "source" if k < n else "target"
-            sample.add(("fan", "00", domain), f"fan/train/section_00_{domain}_{k:08d}", (vector,))
-    references_from_sample(cfg, [info], sample)
+    for section in (f"{s:02d}" for s in range(sections)):
+        for start in range(0, n + 10, 1024):  # the stream of embedded batches
+            count = min(1024, n + 10 - start)
+            batch = rng.normal(size=(count, dims)).astype(np.float32)
+            batch /= np.linalg.norm(batch, axis=1, keepdims=True)
+            for i, vector in enumerate(batch):
+                k = start + i
+                domain = "source" if k < n else "target"
+                sample.add(("fan", section, domain), f"fan/train/section_{section}_{domain}_{k:08d}", (vector,))
+    refs = references_from_sample(cfg, [info], sample)
+    assert len(refs[0].thresholds) == sections
     seconds = time.time() - t0
     monitor.running = False
     monitor.join()
-    return seconds, (monitor.peak - monitor.base) / 2**20, sum(sample.kept().values())
+    return seconds, (monitor.peak - monitor.base) / 2**20, monitor.task_peak / 2**20, sum(sample.kept().values())
 
 
 def main() -> None:
@@ -70,12 +80,18 @@ def main() -> None:
     p.add_argument("--max-references", type=int, default=ScoreConfig.model_fields["max_references"].default)
     p.add_argument("--detector", choices=["dual-stream", "autoencoder"], default="dual-stream")
     p.add_argument("--covariance", choices=["pooled", "domain"], default="pooled", help="autoencoder only")
+    p.add_argument("--sections", default="1", help="sections of the machine type, each n + 10 clips")
     a = p.parse_args()
-    print("| training embeddings per section | training clips kept | fit time (s) | peak memory above start (MiB) |")
-    print("|---|---|---|---|")
-    for n in map(int, a.sizes.split(",")):
-        seconds, mib, kept = fit(n, a.max_references, a.detector, a.covariance)
-        print(f"| {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} |", flush=True)
+    ray.init()
+    ray.get(ray.remote(lambda: None).remote())  # a worker started before the first timing
+    print(f"{ray.cluster_resources()['CPU']:.0f} CPUs")
+    print("| sections | training embeddings per section | training clips kept | fit time (s) | driver peak above "
+          "start (MiB) | a fitting task's peak (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for sections in map(int, a.sections.split(",")):
+        for n in map(int, a.sizes.split(",")):
+            seconds, mib, task_mib, kept = fit(n, a.max_references, a.detector, a.covariance, sections)
+            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {task_mib:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def main() -> None:
                            counts=Counts(train_source=per_machine - 8, train_target=8, test_normal=0, test_anomaly=0)),
                progress=False)
     base = TrainConfig(data=f"{root}/data", storage_path=f"{root}/runs", epochs=args.epochs, batch_size=args.batch,
-                       clip_seconds=args.seconds, use_gpu=args.gpu)
+                       clip_seconds=args.seconds, use_gpu=args.gpu,
+                       autoencoder_epochs=0, framestats=None, tonal=None)  # the dual-stream model alone, as the loop
     labels = label_map(base)
     rows = dataset.read_clips(base.data, split="train", num_samples=base.clip_samples).take_all()
     audio = np.stack([r["audio"] for r in rows])

@@ -268,6 +268,67 @@ def test_pooled_covariance_finds_a_target_fault_that_ten_clips_cannot_shape():
     assert auc[True] > 0.95 and auc[True] > auc[False] + 0.2, auc
 
 
+def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
+    """``asd-ray score`` fits each (machine, section) in a Ray task of its own (``fit_sections``):
+    merged, every model's references, the hybrid's norms and the thresholds are those of one fit
+    over all sections, and a section's bad input is refused as the job's own error, section named."""
+    import ray
+
+    from asd_ray.labels import LabelMap
+    from asd_ray.model import ModelConfig
+    from asd_ray.score import build_references, hybrid_sum, references_from_sample, section_norm, threshold
+    from asd_ray.references import section_clips
+
+    infos = [bundle.BundleInfo(method=method, model=ModelConfig(**TINY_MODEL), labels=LabelMap(classes=["a", "b"]),
+                               n_subclusters=1, sample_rate=16000, clip_samples=16000)
+             for method in ("scadacos", "autoencoder", "framestats")]
+    cfg = ScoreConfig(companions=False, add_bundles=["ae", "framestats"], weights=[0.5, 1.0, 2.0])
+    rng = np.random.default_rng(3)
+
+    def sample(lone_target: tuple[str, str] | None = None) -> ClipSample:
+        """Two machine types of two sections each, 20 source and 5 target clips (1 in ``lone_target``)."""
+        kept = ClipSample(1000)
+        for machine, section, domain in [(m, s, d) for m in ("fan", "pump") for s in ("00", "01")
+                                         for d in ("source", "target")]:
+            n = 20 if domain == "source" else 1 if (machine, section) == lone_target else 5
+            shift = rng.normal(size=8)
+            for i in range(n):
+                unit = rng.normal(size=8)
+                kept.add((machine, section, domain), f"{machine}/train/section_{section}_{domain}_{i:04d}",
+                         (unit / np.linalg.norm(unit), np.r_[rng.random(), shift + rng.normal(size=8)],
+                          shift[:6] + rng.normal(size=6)))
+        return kept
+
+    clips = sample()
+    refs = references_from_sample(cfg, infos, clips)
+    whole = [build_references(cfg, info, clips.groups(k)) for k, info in enumerate(infos)]
+    keys = sorted(whole[0].vectors)
+    assert len(keys) == 4 and sorted(refs[0].thresholds) == keys
+    for got, want in zip(refs, whole):
+        for field in ("vectors", "domains", "scales", "origins", "precisions", "held_out", "standard"):
+            if getattr(want, field) is None:
+                assert getattr(got, field) is None, field
+                continue
+            assert sorted(getattr(got, field)) == keys, field
+            for key in keys:
+                if field == "domains":
+                    assert list(got.domains[key]) == list(want.domains[key])
+                else:
+                    np.testing.assert_allclose(getattr(got, field)[key], getattr(want, field)[key], rtol=1e-6,
+                                               err_msg=field)
+    for key in keys:
+        per_model = [r.training_scores(key, section_clips(clips.groups(k), key)) for k, r in enumerate(whole)]
+        norms = [section_norm(x) for x in per_model]
+        np.testing.assert_allclose(refs[0].meta["norms"]["|".join(key)], norms, rtol=1e-6)
+        assert refs[0].thresholds[key] == pytest.approx(threshold(hybrid_sum(per_model, norms, cfg.weights), 90.0,
+                                                                  normal=True, key=key), rel=1e-6)
+    assert refs[0].meta["weights"] == [0.5, 1.0, 2.0]
+
+    with pytest.raises(ValueError, match="at least 2 .* pump section 01 target has 1") as refused:
+        references_from_sample(cfg, infos, sample(lone_target=("pump", "01")))
+    assert not isinstance(refused.value, ray.exceptions.RayTaskError)  # the job's own message, not a task's traceback
+
+
 def test_knn_references_end_to_end(trained):
     cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-knn", references="knn",
                       references_to=f"{B}/out-knn/refs.npz")
