@@ -24,6 +24,7 @@ set); those stay null in the outputs.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -239,9 +240,11 @@ def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[G
                 weights: list[float]) -> tuple[list[References], list | None, float]:
     """One section's references per model, and its decision threshold from the training clips' own
     scores, out of sample; with added models, each model's norm and the threshold of the sum."""
-    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
-    key = next(iter(refs[0].vectors))
-    per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
+    with warnings.catch_warnings():  # the vectors come read-only from the object store; torch only reads them
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+        key = next(iter(refs[0].vectors))
+        per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
     if len(refs) == 1:
         return refs, None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key)
     norms = [section_norm(x) for x in per_model]
