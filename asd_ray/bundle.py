@@ -35,6 +35,8 @@ FRAMESTATS_COMPANION = "framestats"  # of its frame-statistics detector
 TONAL_COMPANION = "tonal"  # and of its spectral line alarms
 # what version-1 bundles, written before these model options existed, were trained with
 V1_MODEL = {"fft_magnitude": "log", "level_norm": False, "spec_mean_norm": False}
+# the frame statistics added in the thirtieth session, off in the bundles saved before them
+PRE_IMPULSE_FRAMESTATS = {"kurtosis": False, "flux": False}
 
 
 class BundleInfo(BaseModel):
@@ -111,6 +113,8 @@ def load_bundle(url: str, options: StorageOptions | None = None,
         raw = json.loads(storage.read_bytes(meta_url, options))
         if isinstance(raw, dict) and raw.get("version") == 1 and isinstance(raw.get("model"), dict):
             raw = {**raw, "version": BUNDLE_VERSION, "model": {**V1_MODEL, **raw["model"]}}
+        if isinstance(raw, dict) and isinstance(raw.get("framestats"), dict):
+            raw = {**raw, "framestats": {**PRE_IMPULSE_FRAMESTATS, **raw["framestats"]}}
         info = BundleInfo.model_validate(raw)
     except (ValueError, TypeError) as e:
         raise BundleError(f"{meta_url}: invalid bundle description: {e}") from None

@@ -14,7 +14,12 @@ Per clip, in torch on the scoring device (float32):
   ``cepstrum``): the families of harmonics and their spacing (a rotation rate, a line frequency
   and its harmonics, a whine's sidebands), which 64 mel bands blur. Chosen on the tune suite
   (README, Quality: the statistics alone 85.7 without it, 94.5 with 1,600 coefficients) and
-  confirmed on the confirm suite (80.8 -> 88.2).
+  confirmed on the confirm suite (80.8 -> 88.2);
+- how impulsive and how abrupt each band is: the kurtosis of its power over time (log) and the
+  standard deviation of its frame-to-frame change (``kurtosis``, ``flux``). A train of short
+  impacts and the same energy spread evenly have one spectrum and differ in these. Chosen on the
+  tune suite and confirmed (thirtieth session; README, Quality), added after the others, so
+  bundles saved before keep the statistics they had (``bundle.load_bundle``).
 
 Each is standardised per machine and section by its normal training clips, and a clip's score is
 its Euclidean distance to the nearest of them, per domain divided by that domain's median
@@ -44,6 +49,10 @@ class FrameStatsConfig(BaseModel):
     rates: int = Field(32, ge=1, description="modulation spectrum coefficients per group, from 1 cycle per clip")
     cepstrum_n_fft: int = Field(4096, ge=64, description="FFT size of the mean power spectrum the cepstrum is of")
     cepstrum: int = Field(1600, ge=0, description="cepstral coefficients, from quefrency 1 sample; 0: none")
+    kurtosis: bool = Field(True, description="each mel band's kurtosis of its power over time (log): how "
+                                             "impulsive it is (bearing impulses, knocks)")
+    flux: bool = Field(True, description="each mel band's standard deviation of its frame-to-frame log-mel "
+                                         "change: how abruptly it moves")
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> "FrameStatsConfig":
@@ -56,7 +65,7 @@ class FrameStatsConfig(BaseModel):
 
     @property
     def dim(self) -> int:
-        return 2 * self.n_mels + self.lags + self.bands * self.rates + self.cepstrum
+        return (2 + self.kurtosis + self.flux) * self.n_mels + self.lags + self.bands * self.rates + self.cepstrum
 
 
 class FrameStats(nn.Module):
@@ -84,8 +93,14 @@ class FrameStats(nn.Module):
             groups = logmel.reshape(len(logmel), cfg.bands, cfg.n_mels // cfg.bands, frames).mean(2)
             groups = groups - groups.mean(-1, keepdim=True)
             rates = torch.fft.rfft(groups, n=max(frames, 2 * cfg.rates), dim=-1).abs()[:, :, 1:cfg.rates + 1]
-            return torch.cat([logmel.mean(-1), logmel.std(-1), corr,
-                              torch.log10(rates + 1e-6).flatten(1), self.cepstrum_of(wave)], dim=1)
+            stats = [logmel.mean(-1), logmel.std(-1), corr, torch.log10(rates + 1e-6).flatten(1),
+                     self.cepstrum_of(wave)]
+            if cfg.kurtosis:
+                z = (power - power.mean(-1, keepdim=True)) / (power.std(-1, keepdim=True) + 1e-12)
+                stats.append(torch.log((z ** 4).mean(-1) + 1e-6))
+            if cfg.flux:
+                stats.append(logmel.diff(dim=-1).std(-1))
+            return torch.cat(stats, dim=1)
 
     def cepstrum_of(self, wave: torch.Tensor) -> torch.Tensor:
         """Coefficients 1 to ``cepstrum`` of the real cepstrum of the mean power spectrum (float32)."""

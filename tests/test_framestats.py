@@ -27,7 +27,9 @@ def test_a_bad_setting_is_refused_when_the_config_is_read():
         load_config(TrainConfig, None, ["framestats.bands=5"])
     with pytest.raises(ConfigError, match=r"cepstrum=3000 coefficients need cepstrum_n_fft >= 6000 \(is 4096\)"):
         load_config(TrainConfig, None, ["framestats.cepstrum=3000"])
-    assert load_config(TrainConfig, None, ["framestats.cepstrum=0"]).framestats.dim == 480
+    assert load_config(TrainConfig, None, ["framestats.cepstrum=0"]).framestats.dim == 608
+    assert load_config(TrainConfig, None, ["framestats.cepstrum=0", "framestats.kurtosis=false",
+                                           "framestats.flux=false"]).framestats.dim == 480
     assert load_config(TrainConfig, None, ["framestats=null"]).framestats is None
 
 
@@ -94,6 +96,46 @@ def test_a_new_family_of_harmonics_is_seen_by_the_cepstrum():
     scores = refs.score("transformer", "00", np.concatenate([features["normal"][:, cepstrum],
                                                              features["fault"][:, cepstrum]]))
     assert roc_auc_score([0] * 15 + [1] * 15, scores) > 0.95
+
+
+def test_impulses_raise_each_bands_kurtosis_and_flux():
+    """A hum with steady noise, and the same noise energy in 16 bursts of 25 ms (bearing impulses,
+    knocks): each band's kurtosis over time and its frame-to-frame change rise."""
+    rng = np.random.default_rng(1)
+    n = 4 * SR
+    hum = 0.05 * np.sin(2 * np.pi * 120 * np.arange(n) / SR)
+    gate = np.zeros(n)
+    for k in range(16):
+        gate[k * n // 16:k * n // 16 + 400] = 1.0
+    steady = np.stack([hum + 0.02 * rng.normal(size=n) for _ in range(8)])
+    bursts = np.stack([hum + 0.02 * rng.normal(size=n) * gate * np.sqrt(n / gate.sum()) for _ in range(8)])
+    cfg = FrameStatsConfig()
+    with torch.no_grad():
+        a, b = (FrameStats(cfg)(torch.from_numpy(x.astype(np.float32))).numpy().mean(0) for x in (steady, bursts))
+    m, start = cfg.n_mels, cfg.dim - 2 * cfg.n_mels  # the two families come last
+    kurtosis, flux = slice(start, start + m), slice(start + m, start + 2 * m)
+    assert np.median(b[kurtosis] - a[kurtosis]) > 0.5  # log kurtosis (measured: 1.09, 3 times as impulsive)
+    assert np.median(b[flux] / a[flux]) > 4.0  # measured: 16.8
+
+
+def test_a_bundle_saved_before_the_impulse_statistics_keeps_the_statistics_it_had(tmp_path):
+    import json
+
+    from asd_ray.bundle import PRE_IMPULSE_FRAMESTATS, BundleInfo, load_bundle, save_untrained
+    from asd_ray.labels import LabelMap
+    from asd_ray.model import ModelConfig
+
+    info = BundleInfo(method="framestats", model=ModelConfig(), labels=LabelMap(classes=["a", "b"]),
+                      n_subclusters=1, sample_rate=SR, clip_samples=SR)
+    for folder, old in (("new", False), ("old", True)):
+        save_untrained(str(tmp_path / folder), info)
+        if old:  # as written before the two families existed
+            meta = json.loads((tmp_path / folder / "bundle.json").read_text())
+            meta["framestats"] = {k: v for k, v in meta["framestats"].items() if k not in PRE_IMPULSE_FRAMESTATS}
+            (tmp_path / folder / "bundle.json").write_text(json.dumps(meta))
+        model, _, loaded = load_bundle(str(tmp_path / folder))
+        assert (loaded.framestats.kurtosis, loaded.framestats.flux) == ((False, False) if old else (True, True))
+        assert model(torch.randn(2, SR)).shape == (2, 2080 if old else 2208)
 
 
 def test_standardised_references_round_trip_and_leave_each_training_clip_out():
