@@ -201,7 +201,7 @@ def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sam
                   "kept": {"|".join(g): n for g, n in sorted(sample.kept().items())}}
         if r.meta["method"] == "mahalanobis":
             r.meta["covariance"] = cfg.autoencoder_covariance
-    refs[0].thresholds = {key: threshold for key, (_, _, threshold) in sections.items()}
+    refs[0].thresholds = {key: fitted[2] for key, fitted in sections.items()}
     if len(refs) > 1:
         refs[0].meta["norms"] = {"|".join(key): norms for key, (_, norms, _) in sections.items()}
         refs[0].meta["weights"] = weights
@@ -213,7 +213,11 @@ def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[
     """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
     (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
     as many at once as it has CPUs, each sent only its own section's vectors; in section order."""
-    keys = sorted({(m, s) for m, s, _ in groups[0]})
+    own: dict[tuple[str, str], list[Groups]] = {}  # each section's groups per model, in one pass
+    for k, model_groups in enumerate(groups):
+        for g, v in model_groups.items():
+            own.setdefault(g[:2], [{} for _ in groups])[k][g] = v
+    keys = sorted(own)
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[ray.ObjectRef, tuple[str, str]] = {}
     fitted = {}
@@ -228,8 +232,7 @@ def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[
     for key in keys:
         if len(pending) >= window:
             collect()
-        own = [{g: v for g, v in model_groups.items() if g[:2] == key} for model_groups in groups]
-        pending[fit_section.remote(cfg, infos, own, weights)] = key
+        pending[fit_section.remote(cfg, infos, own.pop(key), weights)] = key
     while pending:
         collect()
     return {key: fitted[key] for key in keys}

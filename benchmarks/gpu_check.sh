@@ -9,12 +9,14 @@
 #     GPU_CHECK_ONLY="gpu-tests" bash benchmarks/gpu_check.sh OUT    # only the steps named
 #
 # Without CUDA it stops at once, before installing or running anything, and says so (exit 2).
+# GPU_CHECK_DRY=1 prints each step's command instead of running it, on any machine (the tests do).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+DRY="${GPU_CHECK_DRY:-0}"
+if [ "$DRY" != 1 ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "gpu_check: no CUDA device visible to $PY's torch ($("$PY" -c 'import torch; print(torch.__version__)' \
         2>&1 | tail -1)): nothing installed or run" >&2
     exit 2
@@ -24,7 +26,9 @@ START=$(date +%s)
 # a virtual environment, and a venv made from a venv would not see that one's packages (torch)
 DEPS="${GPU_DEPS:-/tmp/asd-gpu-deps}"
 VPY="$PY"
-if [ -d benchmarks/gpu-carry ]; then
+if [ "$DRY" = 1 ]; then
+    :
+elif [ -d benchmarks/gpu-carry ]; then
     rm -rf "$DEPS" && mkdir -p "$DEPS"
     tar -C "$DEPS" -xJf benchmarks/gpu-carry/ray-2.60.0-cp312-trimmed.tar.xz
     "$PY" -m pip install --quiet --no-index --no-deps --target "$DEPS" benchmarks/gpu-carry/wheels/*.whl
@@ -32,13 +36,14 @@ else
     "$PY" -m pip install --quiet -e ".[test]"
 fi > "$OUT/install.log" 2>&1 || { echo "gpu_check: install failed, see $OUT/install.log" >&2; tail -20 "$OUT/install.log"; exit 1; }
 export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # Ray's workers inherit it
-"$VPY" -c "import ray, torch, asd_ray.train; print('gpu_check: ray', ray.__version__, 'torch', torch.__version__)" \
+[ "$DRY" = 1 ] || "$VPY" -c "import ray, torch, asd_ray.train; print('gpu_check: ray', ray.__version__, 'torch', torch.__version__)" \
     >> "$OUT/install.log" 2>&1 || { echo "gpu_check: imports failed, see $OUT/install.log" >&2; tail -20 "$OUT/install.log"; exit 1; }
 
 STEPS=()
 step() {  # step NAME CAP_SECONDS COMMAND...: run it under a time cap, keep its output and status
     local name=$1 cap=$2; shift 2
     if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then return; fi
+    if [ "$DRY" = 1 ]; then echo "gpu_check: would run $name (cap $cap s): $*"; return; fi
     local t0=$(date +%s)
     timeout --kill-after=10 "$cap" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -53,6 +58,8 @@ export PYTHONUNBUFFERED=1  # a step killed at its cap keeps what it printed (pyt
 # of their own (GPU_CHECK_ONLY="gpu-tests", then GPU_CHECK_ONLY="train model-bf16 model-bf16-compile
 # score"). train-input (a CPU pipeline, measured then) and the short quality run are left out unless
 # GPU_CHECK_ALL=1.
+INSTAFAIL=""  # a failing test's traceback written when it fails, not at the end (lost if the cap kills pytest)
+"$VPY" -c "import pytest_instafail" 2>/dev/null && INSTAFAIL="--instafail"  # carried by gpu_carry.sh
 step gpu-tests 360 "$VPY" -m pytest tests/test_gpu.py tests/test_model.py -m gpu -v -rA --durations=0 $INSTAFAIL \
     -p no:cacheprovider --timeout 200 -o addopts=""  # the modules with gpu tests: the others import the S3 server and MLflow, not carried
 step train 100 "$VPY" benchmarks/train_throughput.py --gpu --clips 192 --seconds 10 --workers 1 --epochs 2
@@ -65,6 +72,7 @@ if [ "${GPU_CHECK_ALL:-0}" = 1 ] || [ -n "${GPU_CHECK_ONLY:-}" ]; then  # GPU_CH
         --train-clips 64 --epochs 3 --ae-epochs 10 --batch-size 64
 fi
 
+[ "$DRY" = 1 ] && exit 0
 "$VPY" - "$OUT" "$START" "${STEPS[@]}" <<'PYEOF'
 import json, platform, subprocess, sys, time
 import torch

@@ -1,7 +1,10 @@
 """Cluster definitions: every manifest parses, and every entry point and config it names exists and validates."""
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,21 @@ def test_dockerfile_copies_what_exists():
     for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
         for src in line.split():
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
+
+
+def test_gpu_check_names_its_steps_and_runs_only_those_asked(tmp_path):
+    """``benchmarks/gpu_check.sh`` runs only on a device lent now and then: its dry run (any machine)
+    goes through the whole script under ``set -u`` (an unset variable fails it) and prints each step."""
+    def dry(**env) -> list[str]:
+        run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), str(tmp_path)], capture_output=True,
+                             text=True, env={**os.environ, "GPU_CHECK_DRY": "1", "PYTHON": sys.executable, **env})
+        assert run.returncode == 0, run.stderr
+        return [line for line in run.stdout.splitlines() if line.startswith("gpu_check: would run ")]
+
+    steps = {line.split()[3]: line.split(": ", 2)[2] for line in dry()}
+    assert list(steps) == ["gpu-tests", "train", "model-bf16", "model-bf16-compile", "score"]
+    for command in steps.values():
+        for word in command.split():
+            if word.endswith(".py"):
+                assert (ROOT / word).exists(), f"{command}: {word} does not exist"
+    assert [line.split()[3] for line in dry(GPU_CHECK_ONLY="score train-input")] == ["score", "train-input"]
