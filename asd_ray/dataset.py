@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -112,6 +112,7 @@ def checked_shards(url: str, split: Filter, machine: Filter, options: StorageOpt
 def read_clips(url: str, *, split: Filter = None, machine: Filter = None, section: Filter = None,
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
                sample_rate: int | None = None, pcm16: bool = False, read_tasks: int | None = None,
+               row_filter: Callable[[pa.Table], pa.Table] | None = None,
                options: StorageOptions | None = None) -> ray.data.Dataset:
     """A Ray Dataset of the clips under ``url`` that match the filters.
 
@@ -119,6 +120,8 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     rows. Rows carry ``clip_id, machine, section, domain, split, label, attribute_key`` and
     ``audio`` (float32, ``num_samples`` long). With ``sample_rate``, a clip of another rate is an
     error naming it. With ``pcm16``, ``audio`` stays int16 (scale by ``schema.PCM16_FULL_SCALE``).
+    ``row_filter`` (a picklable function of a table of raw rows) drops rows before their audio is
+    decoded (the reference sample: ``reference_sample.keep_sampled``).
 
     One read task per shard, streaming it in batches of ``READ_ROWS`` clips: a read worker's memory
     is one batch's, whatever the shard and dataset sizes (Ray Data's Parquet reader hands a task
@@ -130,7 +133,7 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16,
               "filters": {k: [v] if isinstance(v, str) else list(v)
                           for k, v in (("section", section), ("domain", domain)) if v is not None},
-              "options": options}
+              "row_filter": row_filter, "options": options}
     return ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls)).map_batches(
         read_shard_batches, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
         **({"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=read_tasks)} if read_tasks else {}))
@@ -140,18 +143,22 @@ READ_ROWS = 64
 
 
 def read_shard_batches(shard: pa.Table, num_samples: int, crop: str, sample_rate: int | None, pcm16: bool,
-                       filters: dict[str, list[str]], options: StorageOptions | None) -> Iterator[pa.Table]:
+                       filters: dict[str, list[str]], options: StorageOptions | None,
+                       row_filter: Callable[[pa.Table], pa.Table] | None = None) -> Iterator[pa.Table]:
     """One shard (a one-row table of its URL) -> decoded batches of its matching clips."""
     for rows in shard_rows(shard["url"][0].as_py(), None, filters, options):
-        yield decode_batch(rows, num_samples, crop, sample_rate, pcm16)
+        if row_filter is not None:
+            rows = row_filter(rows)
+        if rows.num_rows:
+            yield decode_batch(rows, num_samples, crop, sample_rate, pcm16)
 
 
 def shard_rows(url: str, columns: list[str] | None, filters: dict[str, list[str]],
-               options: StorageOptions | None) -> Iterator[pa.Table]:
-    """A shard's matching rows (``columns`` of them, and ``path``) in batches of ``READ_ROWS``."""
+               options: StorageOptions | None, batch_rows: int = READ_ROWS) -> Iterator[pa.Table]:
+    """A shard's matching rows (``columns`` of them, and ``path``) in batches of ``batch_rows``."""
     fs, path = storage.pyarrow_fs(url, options)
     with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS, columns=columns):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
             rows = pa.Table.from_batches([batch])
             for name, values in filters.items():
                 rows = rows.filter(pc.is_in(rows[name], pa.array(values, pa.string())))

@@ -1,9 +1,8 @@
 """Normal references per machine and section, and the distances of clips to them.
 
-Fitted from a stream of normal training clips: a ``ClipSample`` keeps, per (machine, section,
-domain), at most ``max_references`` clips (those of smallest seeded hash of their clip id: the
-same sample whatever the order the stream comes in), so memory is bounded by the setting, not by
-the number of training clips. Below the limit every clip is kept and nothing changes.
+Fitted per section from a sample of its normal training clips: per (machine, section, domain) at
+most ``max_references`` of them (``reference_sample.py``), so memory and time are bounded by the
+setting, not by the number of training clips. Below the limit every clip is kept.
 
 Methods: ``centroid`` (the report's): the mean embedding per domain; ``kmeans`` (Wilkinghoff's):
 k-means sub-centroids of the source domain plus every target clip; ``knn``: every kept clip, each
@@ -21,8 +20,6 @@ x references, never references x references.
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import io
 import json
 from collections import defaultdict
@@ -32,37 +29,6 @@ import torch
 
 Key = tuple[str, str]  # (machine, section)
 Groups = dict[tuple[str, str, str], np.ndarray]  # (machine, section, domain) -> one vector per clip
-
-
-def rank(seed: int, clip_id: str) -> int:
-    """A clip's place in the seeded sample: the smallest ranks are kept."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}/{clip_id}".encode(), digest_size=8).digest(), "big")
-
-
-class ClipSample:
-    """Per (machine, section, domain) group, the ``limit`` clips of smallest ``rank``, each with one
-    vector per model; ``seen`` counts every clip offered."""
-
-    def __init__(self, limit: int, seed: int = 0):
-        self.limit, self.seed = limit, seed
-        self.heaps: dict[tuple[str, str, str], list] = defaultdict(list)  # max-heaps by negated rank
-        self.seen: dict[tuple[str, str, str], int] = defaultdict(int)
-
-    def add(self, group: tuple[str, str, str], clip_id: str, vectors: tuple[np.ndarray, ...]) -> None:
-        self.seen[group] += 1
-        key, heap = -rank(self.seed, clip_id), self.heaps[group]
-        if len(heap) < self.limit or key > heap[0][0]:
-            # copies: a view would keep its whole batch alive, and memory would grow with the stream
-            item = (key, clip_id, tuple(np.array(v, np.float32) for v in vectors))
-            (heapq.heappush if len(heap) < self.limit else heapq.heapreplace)(heap, item)
-
-    def groups(self, model: int) -> Groups:
-        """Model ``model``'s vectors per group, in clip id order."""
-        return {g: np.stack([v[model] for _, _, v in sorted(heap, key=lambda x: x[1])])
-                for g, heap in sorted(self.heaps.items())}
-
-    def kept(self) -> dict[tuple[str, str, str], int]:
-        return {g: len(h) for g, h in self.heaps.items()}
 
 
 class References:

@@ -1,9 +1,10 @@
 """``asd-ray score``: fit references on normal training clips, score a test set, all in Ray Data.
 
 Two streaming passes over an actor pool (the models loaded once per actor, GPU actors when
-asked). Fit: the actors embed the normal training clips and the driver keeps a bounded sample of
-them per machine, section and domain (``max_references``; see ``references.py``); Ray tasks, one
-per section, build the references and the decision thresholds from it. Score: the fitted references (a few MB) go to
+asked). Fit: a bounded sample of the normal training clips per machine, section and domain
+(``max_references``), chosen from their clip ids before any audio is read
+(``reference_sample.py``); the actors embed it into the object store, and Ray tasks, one per
+section, build the references and the decision thresholds from it. Score: the fitted references (a few MB) go to
 the actors once through the object store; each actor embeds its test clips and returns their
 scores and decisions, never embeddings; Ray Data writes them as Parquet shards under
 ``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
@@ -24,21 +25,20 @@ set); those stay null in the outputs.
 
 from __future__ import annotations
 
-import warnings
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import ray
 from pydantic import Field, model_validator
 from scipy import stats
 
-from asd_ray import bundle, dataset, storage
+from asd_ray import bundle, dataset, reference_sample, storage
 from asd_ray.config import JobConfig
 from asd_ray.embedder import Embedder, embedding_column, hybrid_sum
-from asd_ray.labels import UNKNOWN_DOMAIN
-from asd_ray.references import (ClipSample, Groups, References, alarm_references, centroid_references,
-                                check_finite, kmeans_references, knn_references, mahalanobis_references,
-                                merge_sections, reconstruction_references, section_clips)
+from asd_ray.reference_sample import RankCutoffs, SampleChunks, gather
+from asd_ray.references import (Groups, References, alarm_references, centroid_references, check_finite,
+                                kmeans_references, knn_references, mahalanobis_references, merge_sections,
+                                reconstruction_references, section_clips)
 from asd_ray.score_output import finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
@@ -115,9 +115,10 @@ class ScoreConfig(JobConfig, Tracked):
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
-          references: ray.ObjectRef | None = None) -> ray.data.Dataset:
+          references: ray.ObjectRef | None = None, row_filter=None) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
-                            sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors, options=cfg.storage)
+                            sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors,
+                            row_filter=row_filter, options=cfg.storage)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu, "references": references},
@@ -167,19 +168,19 @@ def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
     return cfg.references
 
 
-def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int) -> ClipSample:
-    """Stream the normal training clips' vectors through the driver, keeping the bounded sample."""
+def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int
+                          ) -> tuple[SampleChunks, RankCutoffs]:
+    """The bounded sample of normal training clips, embedded into the object store by the actors."""
     source = cfg.fit_data or cfg.data
-    sample = ClipSample(cfg.max_references)
-    for batch in embed(cfg, info, source, "train").iter_batches(batch_size=1024, batch_format="numpy"):
-        columns = [batch[embedding_column(k)] for k in range(models)]
-        # the train split is normal operation: a clip without a label counts as normal
-        for i in np.flatnonzero([lab in ("normal", None) for lab in batch["label"]]):
-            group = (batch["machine"][i], batch["section"][i], batch["domain"][i] or UNKNOWN_DOMAIN)
-            sample.add(group, batch["clip_id"][i], tuple(c[i] for c in columns))
-    if not sample.heaps:
+    cutoffs = reference_sample.training_cutoffs(source, "train", cfg.machines, cfg.max_references,
+                                                options=cfg.storage)
+    if not cutoffs.seen:
         raise ValueError(f"{source}: no normal training clips to fit references on")
-    return sample
+    chunks, columns = SampleChunks(), [embedding_column(k) for k in range(models)]
+    for batch in embed(cfg, info, source, "train", row_filter=reference_sample.sample_filter(cutoffs)).iter_batches(
+            batch_size=1024, batch_format="numpy"):
+        chunks.add_batch(batch, columns)
+    return chunks, cutoffs
 
 
 def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> list[References]:
@@ -187,37 +188,43 @@ def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> list[Ref
     With added models, each model's scores are normalised per (machine, section) by the mean and
     standard deviation of its training clips' scores (saved in the main references' ``meta``), and
     the thresholds are those of the summed scores."""
-    return references_from_sample(cfg, infos, sample_training_clips(cfg, infos[0], len(infos)))
+    chunks, cutoffs = sample_training_clips(cfg, infos[0], len(infos))
+    return references_from_sample(cfg, infos, chunks, cutoffs.seen)
 
 
-def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], sample: ClipSample) -> list[References]:
-    groups = [sample.groups(k) for k in range(len(infos))]
+def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleChunks,
+                           seen: dict[tuple[str, str, str], int]) -> list[References]:
+    """Fitted references of every model from the embedded sample; ``seen``: the normal training
+    clips of each group, sampled or not (for the references' ``meta``)."""
     weights = cfg.model_weights()
-    sections = fit_sections(cfg, infos, groups, weights)
-    refs = [merge_sections([section[0][k] for section in sections.values()]) for k in range(len(infos))]
+    sections = fit_sections(cfg, infos, chunks, weights)
+    refs = [merge_sections([section.refs[k] for section in sections.values()]) for k in range(len(infos))]
+    kept = {g: n for section in sections.values() for g, n in section.kept.items()}
     for r, info, url in zip(refs, infos, cfg.bundles):
         r.meta = {"data": cfg.fit_data or cfg.data, "method": method_name(cfg, info), "bundle": url,
-                  "clips": {"|".join(g): n for g, n in sorted(sample.seen.items())},
-                  "kept": {"|".join(g): n for g, n in sorted(sample.kept().items())}}
+                  "clips": {"|".join(g): n for g, n in sorted(seen.items())},
+                  "kept": {"|".join(g): n for g, n in sorted(kept.items())}}
         if r.meta["method"] == "mahalanobis":
             r.meta["covariance"] = cfg.autoencoder_covariance
-    refs[0].thresholds = {key: fitted[2] for key, fitted in sections.items()}
+    refs[0].thresholds = {key: section.threshold for key, section in sections.items()}
     if len(refs) > 1:
-        refs[0].meta["norms"] = {"|".join(key): norms for key, (_, norms, _) in sections.items()}
+        refs[0].meta["norms"] = {"|".join(key): section.norms for key, section in sections.items()}
         refs[0].meta["weights"] = weights
     return refs
 
 
-def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[Groups],
-                 weights: list[float]) -> dict[tuple[str, str], tuple[list[References], list | None, float]]:
+class FittedSection(NamedTuple):
+    refs: list[References]  # one per model
+    norms: list[tuple[float, float]] | None  # each model's normaliser in the hybrid (None: one model)
+    threshold: float
+    kept: dict[tuple[str, str, str], int]  # clips in the sample per group
+
+
+def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleChunks,
+                 weights: list[float]) -> dict[tuple[str, str], FittedSection]:
     """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
     (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
-    as many at once as it has CPUs, each sent only its own section's vectors; in section order."""
-    own: dict[tuple[str, str], list[Groups]] = {}  # each section's groups per model, in one pass
-    for k, model_groups in enumerate(groups):
-        for g, v in model_groups.items():
-            own.setdefault(g[:2], [{} for _ in groups])[k][g] = v
-    keys = sorted(own)
+    as many at once as it has CPUs, each handed only its own section's chunks; in section order."""
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[ray.ObjectRef, tuple[str, str]] = {}
     fitted = {}
@@ -229,29 +236,29 @@ def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[
         except ray.exceptions.RayTaskError as err:  # the job's own error (a section with too few clips), not Ray's
             raise (err.cause if isinstance(err.cause, Exception) else err) from None
 
-    for key in keys:
+    for key in chunks.sections():
         if len(pending) >= window:
             collect()
-        pending[fit_section.remote(cfg, infos, own.pop(key), weights)] = key
+        pending[fit_section.remote(cfg, infos, key, chunks.refs[key], weights)] = key
     while pending:
         collect()
-    return {key: fitted[key] for key in keys}
+    return {key: fitted[key] for key in chunks.sections()}
 
 
 @ray.remote(num_cpus=1)
-def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], groups: list[Groups],
-                weights: list[float]) -> tuple[list[References], list | None, float]:
-    """One section's references per model, and its decision threshold from the training clips' own
-    scores, out of sample; with added models, each model's norm and the threshold of the sum."""
-    with warnings.catch_warnings():  # the vectors come read-only from the object store; torch only reads them
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-        refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
-        key = next(iter(refs[0].vectors))
-        per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
+def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: tuple[str, str], chunks: list,
+                weights: list[float]) -> FittedSection:
+    """One section's references per model from its chunks of the sample, and its decision threshold
+    from the training clips' own scores, out of sample; with added models, each model's norm and
+    the threshold of the sum."""
+    groups, kept = gather(key, chunks, len(infos), cfg.max_references)  # fresh arrays, writable
+    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+    per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
     if len(refs) == 1:
-        return refs, None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key)
+        return FittedSection(refs, None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key), kept)
     norms = [section_norm(x) for x in per_model]
-    return refs, norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile, normal=True, key=key)
+    return FittedSection(refs, norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile,
+                                                normal=True, key=key), kept)
 
 
 def section_norm(training_scores: np.ndarray) -> tuple[float, float]:

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asd_ray import metrics, schema, shards, storage
 from asd_ray.autoencoder import MachineAutoEncoders
-from asd_ray.references import centroid_references, group_embeddings, rank, reconstruction_references
+from asd_ray.reference_sample import rank
+from asd_ray.references import centroid_references, group_embeddings, reconstruction_references
 from asd_ray.storage import StorageOptions
 
 META = ["clip_id", "machine", "section", "domain", "label"]

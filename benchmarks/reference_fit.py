@@ -4,14 +4,16 @@
     python benchmarks/reference_fit.py --detector autoencoder [--covariance pooled|domain]
     python benchmarks/reference_fit.py --sections 1,4 --sizes 10000 --detector autoencoder
 
-Random vectors (per section of one machine type: ``n`` source clips and 10 target clips) stream
-in batches of 1,024 through the same code ``asd-ray score`` runs: the bounded ``ClipSample`` in
-the driver, then each section's references and out-of-sample thresholds in a Ray task of its own
+Random vectors (per section of one machine type: ``n`` source clips and 10 target clips) through
+the same code ``asd-ray score`` runs: the sample's rank cutoffs from the clip ids in batches of
+1,024 (``RankCutoffs``, as its per-shard tasks make them), then vectors for the clips in the sample
+only, put into the object store in chunks of at most 1,024 (``SampleChunks``), then each
+section's references and out-of-sample thresholds in a Ray task of its own
 (``score.fit_sections``, as many at once as the local Ray has CPUs). ``dual-stream``: 256-d unit
 vectors, ``knn`` references. ``autoencoder``: 641 numbers a clip (the reconstruction error, then
 its 640-d error vector), a Gaussian per domain (Ledoit-Wolf) and the cross-fitted training
-scores. Peak memory, sampled every 50 ms: the largest resident set of this process (the driver,
-holding the sample) above its size before the fit, and of any one fitting task's worker process.
+scores. Peak memory, sampled every 50 ms: the largest resident set of this process (the driver)
+above its size before the fit, and of any one fitting task's worker process.
 """
 
 import argparse
@@ -25,7 +27,7 @@ import ray
 from asd_ray.bundle import BundleInfo
 from asd_ray.labels import LabelMap
 from asd_ray.model import ModelConfig
-from asd_ray.references import ClipSample
+from asd_ray.reference_sample import RankCutoffs, SampleChunks, ranks
 from asd_ray.score import ScoreConfig, references_from_sample
 
 
@@ -56,22 +58,34 @@ def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: 
     monitor = PeakRss()
     monitor.start()
     t0 = time.time()
-    sample = ClipSample(max_references)
+    cutoffs = RankCutoffs(max_references)
+    sections_ids = {}
     for section in (f"{s:02d}" for s in range(sections)):
-        for start in range(0, n + 10, 1024):  # the stream of embedded batches
-            count = min(1024, n + 10 - start)
-            batch = rng.normal(size=(count, dims)).astype(np.float32)
+        ids = np.array([f"fan/train/section_{section}_{'source' if k < n else 'target'}_{k:08d}"
+                        for k in range(n + 10)], object)
+        for start in range(0, n + 10, 1024):  # the clip ids as the shards' tasks see them
+            for domain in ("source", "target"):
+                part = [c for c in ids[start:start + 1024] if f"_{domain}_" in c]
+                if part:
+                    cutoffs.add(("fan", section, domain), ranks(0, part))
+        sections_ids[section] = ids
+    cut = cutoffs.cutoffs()
+    chunks = SampleChunks()
+    for section, ids in sections_ids.items():
+        domains = np.array(["source"] * n + ["target"] * 10, object)
+        sample_ranks = ranks(0, ids)
+        keep = np.flatnonzero(sample_ranks <= np.array([cut[("fan", section, d)] for d in domains], np.uint64))
+        for start in range(0, len(keep), 1024):  # the embedded batches of the sample
+            at = keep[start:start + 1024]
+            batch = rng.normal(size=(len(at), dims)).astype(np.float32)
             batch /= np.linalg.norm(batch, axis=1, keepdims=True)
-            for i, vector in enumerate(batch):
-                k = start + i
-                domain = "source" if k < n else "target"
-                sample.add(("fan", section, domain), f"fan/train/section_{section}_{domain}_{k:08d}", (vector,))
-    refs = references_from_sample(cfg, [info], sample)
+            chunks.add("fan", section, ids[at], domains[at], [batch])
+    refs = references_from_sample(cfg, [info], chunks, cutoffs.seen)
     assert len(refs[0].thresholds) == sections
     seconds = time.time() - t0
     monitor.running = False
     monitor.join()
-    return seconds, (monitor.peak - monitor.base) / 2**20, monitor.task_peak / 2**20, sum(sample.kept().values())
+    return seconds, (monitor.peak - monitor.base) / 2**20, monitor.task_peak / 2**20, sum(refs[0].meta["kept"].values())
 
 
 def main() -> None:

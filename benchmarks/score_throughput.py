@@ -5,6 +5,11 @@ same device.
     python benchmarks/score_throughput.py [--clips 960] [--seconds 10] [--gpu]
     python benchmarks/score_throughput.py --clips 200 --seconds 1 --small --scales 1,10,50   # CPU size
     python benchmarks/score_throughput.py ... --hybrid   # the default score: the model and its three companions
+    python benchmarks/score_throughput.py ... --train-clips 400 --scale-train --max-references 200   # the fit pass
+
+With ``--scale-train`` the training clips grow with the test clips (``--train-clips`` source clips
+per machine at 1x, and a quarter as many, at least 4, target clips): past ``--max-references`` per machine,
+section and domain, the fit pass embeds the sample only (``asd_ray/reference_sample.py``).
 
 Peak memory is the largest sum of proportional set sizes (PSS: shared pages are split between the
 processes that map them, not counted once per process) over this process and all its children
@@ -26,11 +31,12 @@ import numpy as np
 import psutil
 import torch
 
-from asd_ray import bundle, schema, shards
+from asd_ray import bundle, schema, shards, storage
 from asd_ray.cluster import ensure_ray
 from asd_ray.labels import LabelMap
 from asd_ray.loss import SubClusterAdaCos
 from asd_ray.model import DualStreamNet, ModelConfig
+from asd_ray.references import References
 from asd_ray.score import ScoreConfig, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 
@@ -110,6 +116,10 @@ def main() -> None:
                    "synth's); memory is flat only once 1x fills whole shards")
     p.add_argument("--hybrid", action="store_true", help="score with the default hybrid of four (the model and "
                                                          "its autoencoder, frame statistics and line alarms)")
+    p.add_argument("--train-clips", type=int, default=16, help="normal training clips per machine, source domain "
+                   "(and a quarter as many, at least 4, in the target domain)")
+    p.add_argument("--scale-train", action="store_true", help="the training clips grow with the scale too")
+    p.add_argument("--max-references", type=int, default=ScoreConfig.model_fields["max_references"].default)
     p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
                                                         "is what is measured")
     args = p.parse_args()
@@ -128,23 +138,27 @@ def main() -> None:
         per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
         data = f"{root}/data-{scale}x"
         shard = {"shard_mb": args.shard_mb} if args.shard_mb else {}
+        source = args.train_clips * (scale if args.scale_train else 1)
         synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds, **shard,
-                               counts=Counts(train_source=16, train_target=4, test_normal=per_domain // 2,
-                                             test_anomaly=per_domain // 2)), progress=False)
+                               counts=Counts(train_source=source, train_target=max(4, source // 4),
+                                             test_normal=per_domain // 2, test_anomaly=per_domain // 2)),
+                   progress=False)
         monitor = PeakMemory()
         monitor.start()
         t0 = time.time()
-        summary = run_score(ScoreConfig(bundle=f"{root}/model", data=data, out=f"{root}/out-{scale}x",
-                                        batch_size=args.batch, use_gpu=args.gpu, buffer_mb=args.buffer_mb))
+        cfg = ScoreConfig(bundle=f"{root}/model", data=data, out=f"{root}/out-{scale}x", batch_size=args.batch,
+                          use_gpu=args.gpu, buffer_mb=args.buffer_mb, max_references=args.max_references)
+        summary = run_score(cfg)
         wall = time.time() - t0
         monitor.running = False
         monitor.join()
-        runs[scale] = (data, summary["scored"], wall, monitor)
-    for scale, (data, scored, wall, monitor) in runs.items():
-        total = scored + 40  # test clips scored + train clips embedded for the references
+        meta = References.from_bytes(storage.read_bytes(cfg.references_url)).meta
+        runs[scale] = (data, summary["scored"], sum(meta["clips"].values()), sum(meta["kept"].values()), wall, monitor)
+    for scale, (data, scored, train, kept, wall, monitor) in runs.items():
+        total = scored + kept  # test clips scored + train clips embedded for the references
         plain = plain_loop(data, f"{root}/model", device, args.batch)
-        print(f"{scale:>2}x: {scored} test + 40 train clips x {args.seconds:g} s in {wall:.1f} s = "
-              f"{total / wall:.1f} clips/s; peak memory (all processes, PSS) "
+        print(f"{scale:>2}x: {scored} test clips + {kept} of {train} train clips x {args.seconds:g} s in "
+              f"{wall:.1f} s = {total / wall:.1f} clips/s; peak memory (all processes, PSS) "
               f"{monitor.peak / 2**30:.2f} GiB, driver {monitor.driver / 2**30:.2f} GiB; "
               f"plain loop {plain:.1f} clips/s; ratio {total / wall / plain:.2f}")
         print(f"    largest peaks of single processes (own memory, GiB): {monitor.largest()}; "

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from asd_ray import bundle, cli, dataset, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
-from asd_ray.references import (ClipSample, References, kmeans_references, knn_references, mahalanobis_references,
-                                nearest)
+from asd_ray.reference_sample import RankCutoffs, SampleChunks, gather, ranks, training_cutoffs
+from asd_ray.references import References, kmeans_references, knn_references, mahalanobis_references, nearest
 from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
@@ -285,23 +285,37 @@ def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
     cfg = ScoreConfig(companions=False, add_bundles=["ae", "framestats"], weights=[0.5, 1.0, 2.0])
     rng = np.random.default_rng(3)
 
-    def sample(lone_target: tuple[str, str] | None = None) -> ClipSample:
-        """Two machine types of two sections each, 20 source and 5 target clips (1 in ``lone_target``)."""
-        kept = ClipSample(1000)
-        for machine, section, domain in [(m, s, d) for m in ("fan", "pump") for s in ("00", "01")
-                                         for d in ("source", "target")]:
-            n = 20 if domain == "source" else 1 if (machine, section) == lone_target else 5
-            shift = rng.normal(size=8)
-            for i in range(n):
-                unit = rng.normal(size=8)
-                kept.add((machine, section, domain), f"{machine}/train/section_{section}_{domain}_{i:04d}",
-                         (unit / np.linalg.norm(unit), np.r_[rng.random(), shift + rng.normal(size=8)],
-                          shift[:6] + rng.normal(size=6)))
-        return kept
+    def sample(lone_target: tuple[str, str] | None = None) -> tuple[SampleChunks, list[dict]]:
+        """Two machine types of two sections each, 20 source and 5 target clips (1 in ``lone_target``),
+        in the object store as the scoring job leaves them (chunks of mixed domains, in any order),
+        and each model's vectors per group in clip id order, as one fit over all sections sees them."""
+        chunks, groups = SampleChunks(), [{}, {}, {}]
+        for machine, section in [(m, s) for m in ("fan", "pump") for s in ("00", "01")]:
+            ids, domains, vectors = [], [], [[], [], []]
+            for domain in ("source", "target"):
+                n = 20 if domain == "source" else 1 if (machine, section) == lone_target else 5
+                shift = rng.normal(size=8)
+                for i in range(n):
+                    unit = rng.normal(size=8)
+                    ids.append(f"{machine}/train/section_{section}_{domain}_{i:04d}")
+                    domains.append(domain)
+                    for k, v in enumerate((unit / np.linalg.norm(unit), np.r_[rng.random(), shift + rng.normal(size=8)],
+                                           shift[:6] + rng.normal(size=6))):
+                        vectors[k].append(v)
+            ids, domains, vectors = np.array(ids, object), np.array(domains, object), [np.array(v) for v in vectors]
+            for domain in ("source", "target"):
+                at = domains == domain
+                for k in range(3):
+                    groups[k][(machine, section, domain)] = vectors[k][at].astype(np.float32)
+            order = rng.permutation(len(ids))
+            for part in np.array_split(order, 3):
+                chunks.add(machine, section, ids[part], domains[part], [v[part] for v in vectors])
+        return chunks, groups
 
-    clips = sample()
-    refs = references_from_sample(cfg, infos, clips)
-    whole = [build_references(cfg, info, clips.groups(k)) for k, info in enumerate(infos)]
+    clips, groups = sample()
+    seen = {g: len(v) for g, v in groups[0].items()}
+    refs = references_from_sample(cfg, infos, clips, seen)
+    whole = [build_references(cfg, info, groups[k]) for k, info in enumerate(infos)]
     keys = sorted(whole[0].vectors)
     assert len(keys) == 4 and sorted(refs[0].thresholds) == keys
     for got, want in zip(refs, whole):
@@ -317,15 +331,16 @@ def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
                     np.testing.assert_allclose(getattr(got, field)[key], getattr(want, field)[key], rtol=1e-6,
                                                err_msg=field)
     for key in keys:
-        per_model = [r.training_scores(key, section_clips(clips.groups(k), key)) for k, r in enumerate(whole)]
+        per_model = [r.training_scores(key, section_clips(groups[k], key)) for k, r in enumerate(whole)]
         norms = [section_norm(x) for x in per_model]
         np.testing.assert_allclose(refs[0].meta["norms"]["|".join(key)], norms, rtol=1e-6)
         assert refs[0].thresholds[key] == pytest.approx(threshold(hybrid_sum(per_model, norms, cfg.weights), 90.0,
                                                                   normal=True, key=key), rel=1e-6)
     assert refs[0].meta["weights"] == [0.5, 1.0, 2.0]
+    assert refs[0].meta["kept"] == {"|".join(g): n for g, n in sorted(seen.items())}
 
     with pytest.raises(ValueError, match="at least 2 .* pump section 01 target has 1") as refused:
-        references_from_sample(cfg, infos, sample(lone_target=("pump", "01")))
+        references_from_sample(cfg, infos, sample(lone_target=("pump", "01"))[0], seen)
     assert not isinstance(refused.value, ray.exceptions.RayTaskError)  # the job's own message, not a task's traceback
 
 
@@ -421,33 +436,65 @@ def _old_nearest(queries, vectors, scales):
 
 
 def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_nothing():
+    """The sample per group is the ``limit`` clips of smallest rank, whatever the order and the
+    parts the ranks and the embedded chunks come in; below the limit, every clip."""
+    import pyarrow as pa
+
+    from asd_ray.reference_sample import keep_sampled
+
     rng = np.random.default_rng(1)
     unit = rng.normal(size=(300, 16))
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    ids = [f"fan/train/section_00_source_{i:04d}" for i in range(300)]
-    groups = {("fan", "00", "source"): unit[:250], ("fan", "00", "target"): unit[250:]}
+    ids = np.array([f"fan/train/section_00_{'source' if i < 250 else 'target'}_{i:04d}" for i in range(300)], object)
+    domains = np.array(["source"] * 250 + ["target"] * 50, object)
+    order = rng.permutation(300)
 
-    def sample(limit, order):
-        s = ClipSample(limit)
-        for i in order:
-            s.add(("fan", "00", "source" if i < 250 else "target"), ids[i], (unit[i],))
-        return s
-    whole = sample(10_000, range(300))
-    assert whole.kept() == whole.seen == {("fan", "00", "source"): 250, ("fan", "00", "target"): 50}
-    refs = knn_references(whole.groups(0))
+    def cutoffs(limit, parts):
+        merged = RankCutoffs(limit)
+        for part in parts:
+            own = RankCutoffs(limit)
+            for domain in ("source", "target"):
+                at = part[domains[part] == domain]
+                own.add(("fan", "00", domain), ranks(0, ids[at]))
+            merged.merge(own)
+        return merged.finished()
+
+    def sample(limit, parts):
+        return gather(("fan", "00"), [(ids[p], domains[p], [unit[p].astype(np.float32)]) for p in parts], 1, limit)
+
+    whole = cutoffs(10_000, [np.arange(300)])
+    assert whole.seen == {("fan", "00", "source"): 250, ("fan", "00", "target"): 50}
+    groups, kept = sample(10_000, np.array_split(order, 7))
+    assert kept == whole.seen
+    np.testing.assert_array_equal(groups[0][("fan", "00", "source")], unit[:250].astype(np.float32))  # id order
+    refs = knn_references(groups[0])
     queries = unit[:40] * 0.9 + rng.normal(size=(40, 16)) * 0.1
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    before = _old_nearest(queries, np.concatenate([groups[k] for k in sorted(groups)]), refs.scales[("fan", "00")])
+    before = _old_nearest(queries, unit, refs.scales[("fan", "00")])
     after = refs.score("fan", "00", queries)
-    assert (np.argsort(after) == np.argsort(before)).all()  # the same ranking as before this change
+    assert (np.argsort(after) == np.argsort(before)).all()  # the same ranking as before the sample
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-6)
 
-    bounded, shuffled = sample(64, range(300)), sample(64, rng.permutation(300))
-    assert bounded.kept() == {("fan", "00", "source"): 64, ("fan", "00", "target"): 50}
-    assert bounded.seen == whole.seen
-    for key in bounded.heaps:  # the same clips whatever order the stream came in
-        np.testing.assert_array_equal(bounded.groups(0)[key], shuffled.groups(0)[key])
-    assert len(knn_references(bounded.groups(0)).vectors[("fan", "00")]) == 114
+    bounded, shuffled = cutoffs(64, [np.arange(300)]), cutoffs(64, np.array_split(order, 5))
+    assert bounded.seen == shuffled.seen == whole.seen
+    assert bounded.cutoffs() == shuffled.cutoffs()
+    source_ranks = ranks(0, ids[:250])
+    assert bounded.cutoffs()[("fan", "00", "source")] == np.sort(source_ranks)[63]
+    table = pa.table({"clip_id": list(ids) + ["fan/train/section_00_source_anomaly"],
+                      "machine": ["fan"] * 301, "section": ["00"] * 301, "domain": list(domains) + ["source"],
+                      "label": ["normal"] * 250 + [None] * 50 + ["anomaly"]})  # no label in training: normal
+    rows = keep_sampled(table, 0, bounded.cutoffs())
+    assert rows.num_rows == 64 + 50 and "fan/train/section_00_source_anomaly" not in rows["clip_id"].to_pylist()
+    chosen = set(rows["clip_id"].to_pylist())
+    assert chosen == set(ids[:250][source_ranks <= bounded.cutoffs()[("fan", "00", "source")]]) | set(ids[250:])
+    at = np.array([c in chosen for c in ids])
+    groups, kept = sample(64, [np.flatnonzero(at)[::-1]])
+    assert kept == {("fan", "00", "source"): 64, ("fan", "00", "target"): 50}
+    # more than the limit offered (a clip id twice over, say): the smallest ranks still, in id order
+    again, _ = sample(64, [order])
+    for key in groups[0]:
+        np.testing.assert_array_equal(groups[0][key], again[0][key])
+    assert len(knn_references(groups[0]).vectors[("fan", "00")]) == 114
 
 
 def test_max_references_bounds_what_a_scoring_job_keeps(trained):
@@ -459,6 +506,15 @@ def test_max_references_bounds_what_a_scoring_job_keeps(trained):
     assert meta["kept"]["fan|00|target"] == 4  # fewer than the bound: all
     refs = References.from_bytes(storage.read_bytes(cfg.references_url))
     assert all(len(v) == 9 for v in refs.vectors.values())
+    # the sample is chosen before reading audio: the reader hands the actors the kept clips only
+    from asd_ray.reference_sample import sample_filter
+
+    cutoffs = training_cutoffs(f"{B}/data", "train", ["fan"], 5)
+    assert {"|".join(g): n for g, n in cutoffs.seen.items()} == {k: v for k, v in meta["clips"].items()
+                                                                  if k.startswith("fan|")}
+    read = dataset.read_clips(f"{B}/data", split="train", machine="fan", num_samples=160,
+                              row_filter=sample_filter(cutoffs)).select_columns(["domain"]).to_pandas()
+    assert read["domain"].value_counts().to_dict() == {"source": 5, "target": 4}
 
 
 def test_an_actor_killed_mid_job_is_replaced_and_every_clip_is_scored_once(trained, monkeypatch):
