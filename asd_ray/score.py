@@ -300,12 +300,13 @@ def run_score(cfg: ScoreConfig) -> dict:
     limit_buffering(cfg)
     names = " + ".join(method_name(cfg, info) for info in infos)
     print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
-    refs = fit_references(cfg, infos)
-    for r, url in zip(refs, cfg.references_urls()):
-        storage.write_bytes_atomic(url, r.to_bytes(), cfg.storage)
+    blobs = [r.to_bytes() for r in fit_references(cfg, infos)]  # serialised once: knn references hold the sample
+    for blob, url in zip(blobs, cfg.references_urls()):
+        storage.write_bytes_atomic(url, blob, cfg.storage)
     print(f"score: scoring {cfg.data} (test) with {cfg.actors} actor(s) into {scores_url(cfg.out)}", flush=True)
     prepare_outputs(cfg.out, cfg.storage)
-    shipped = ray.put([r.to_bytes() for r in refs])  # once, to every actor through the object store
+    shipped = ray.put(blobs)  # once, to every actor through the object store
+    del blobs
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
     embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
         path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
