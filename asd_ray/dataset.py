@@ -154,11 +154,12 @@ def read_shard_batches(shard: pa.Table, num_samples: int, crop: str, sample_rate
 
 
 def shard_rows(url: str, columns: list[str] | None, filters: dict[str, list[str]],
-               options: StorageOptions | None, batch_rows: int = READ_ROWS) -> Iterator[pa.Table]:
-    """A shard's matching rows (``columns`` of them, and ``path``) in batches of ``batch_rows``."""
+               options: StorageOptions | None, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """A shard's matching rows (``columns`` of them, and ``path``) in batches of ``batch_rows``
+    (default ``READ_ROWS``)."""
     fs, path = storage.pyarrow_fs(url, options)
     with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows or READ_ROWS, columns=columns):
             rows = pa.Table.from_batches([batch])
             for name, values in filters.items():
                 rows = rows.filter(pc.is_in(rows[name], pa.array(values, pa.string())))

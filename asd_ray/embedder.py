@@ -7,6 +7,9 @@ actor imports only what it runs: torch and the models, not scipy's or scikit-lea
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -34,16 +37,31 @@ class Embedder:
 
     Without references, one vector per clip and model out: unit-norm embeddings, or for the
     autoencoder baseline its mean squared error followed by its mean error vector, for the frame
-    statistics and the tonal detector their vectors. With
-    ``references`` (an object reference to the fitted ``References`` of every model, as bytes),
-    each clip's score and decision out instead, or the reason it has none."""
+    statistics and the tonal detector their vectors. With ``references`` (an object reference to
+    a dict ``"machine|section"`` -> an object reference to that section's fitted ``References`` of
+    every model, as bytes), each clip's score and decision out instead, or the reason it has none.
+    An actor loads a section's references when a batch first needs them and keeps at most
+    ``cached_sections`` loaded (the least recently used dropped): its memory is that many
+    sections' references, however many sections the data has."""
 
     def __init__(self, bundle_urls: list[str] | str, options: dict, use_gpu: bool,
-                 references: ray.ObjectRef | None = None):
+                 references: ray.ObjectRef | None = None, cached_sections: int = 8):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         urls = [bundle_urls] if isinstance(bundle_urls, str) else bundle_urls
         self.models = [bundle.load_bundle(u, StorageOptions(**options), self.device)[0] for u in urls]
-        self.refs = None if references is None else [References.from_bytes(b) for b in ray.get(references)]
+        self.sections: dict[str, ray.ObjectRef] | None = None if references is None else ray.get(references)
+        self.loaded: OrderedDict[str, list[References]] = OrderedDict()
+        self.cached_sections = cached_sections
+
+    def section_refs(self, key: str) -> list[References] | None:
+        """Section ``key``'s (``machine|section``) references of every model; None where it has none."""
+        if key in self.loaded:
+            self.loaded.move_to_end(key)
+        elif key in self.sections:
+            self.loaded[key] = [References.from_bytes(b) for b in ray.get(self.sections[key])]
+            while len(self.loaded) > self.cached_sections:
+                self.loaded.popitem(last=False)
+        return self.loaded.get(key)
 
     def embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = {}
@@ -64,24 +82,26 @@ class Embedder:
         columns = self.embed(batch)
         # Arrow, not numpy: unknown domains and labels stay string nulls (numpy None would become NaN)
         meta = {k: pa.array(batch[k], pa.string()) for k in META}
-        if self.refs is None:
+        if self.sections is None:
             out = pa.table({**meta, **{k: ArrowTensorArray.from_numpy(v) for k, v in columns.items()}})
         else:
-            out = pa.table({**meta, **score_batch(self.refs, batch, columns, self.device)})
+            out = pa.table({**meta, **score_batch(self.section_refs, batch, columns, self.device)})
         release_freed_memory()
         return out
 
 
-def score_batch(refs: list[References], batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
-                device: torch.device) -> dict[str, pa.Array]:
-    """Score, decision and (for a clip that has none) the reason, per row of a batch."""
+def score_batch(section_refs: Callable[[str], list[References] | None], batch: dict[str, np.ndarray],
+                columns: dict[str, np.ndarray], device: torch.device) -> dict[str, pa.Array]:
+    """Score, decision and (for a clip that has none) the reason, per row of a batch;
+    ``section_refs("machine|section")``: that section's references of every model, or None."""
     n = len(batch["clip_id"])
     score, decision, reason = np.full(n, np.nan), np.zeros(n, np.int8), np.full(n, None, object)
     keys = np.array([f"{m}|{s}" for m, s in zip(batch["machine"], batch["section"])])
     for group in np.unique(keys):
         idx = np.flatnonzero(keys == group)
         machine, section = group.split("|")
-        if any((machine, section) not in r.vectors for r in refs):
+        refs = section_refs(group)
+        if refs is None:
             reason[idx] = f"no references for machine '{machine}' section '{section}'"
             continue
         score[idx] = clip_scores(refs, machine, section, {k: v[idx] for k, v in columns.items()}, device)

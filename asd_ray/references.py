@@ -88,6 +88,14 @@ class References:
         return nearest(self.standardised(key, clips), self.vectors[key], self.scales[key], exclude,
                        euclidean=self.standard is not None)
 
+    def section(self, key: Key) -> References:
+        """Section ``key``'s references alone, as saved (what a scoring actor loads for it)."""
+        def pick(d):
+            return None if d is None else {key: d[key]}
+        return References(pick(self.vectors), pick(self.domains),
+                          {key: self.thresholds[key]} if key in self.thresholds else None, self.meta,
+                          pick(self.scales), precisions=pick(self.precisions), standard=pick(self.standard))
+
     def to_bytes(self) -> bytes:
         keys = sorted(self.vectors)
         buf = io.BytesIO()

@@ -85,6 +85,9 @@ class ScoreConfig(JobConfig, Tracked):
     cpus_per_actor: float = Field(1.0, gt=0)
     buffer_mb: int = Field(256, ge=64, description="Ray Data object-store budget of the embedding pipeline: "
                                                     "memory stays bounded whatever the dataset size")
+    actor_sections: int = Field(8, ge=1, description="sections whose references a scoring actor keeps loaded "
+                                "(the least recently used dropped): its memory holds this many sections' "
+                                "references, however many the data has")
     rows_per_file: int = Field(100_000, ge=1, description="test clips per Parquet shard of the scores")
     references_to: str | None = Field(None, description="URL of the fitted references "
                                                         "(default: beside the model, <bundle>/references.npz)")
@@ -115,13 +118,14 @@ class ScoreConfig(JobConfig, Tracked):
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
-          references: ray.ObjectRef | None = None, row_filter=None) -> ray.data.Dataset:
+          references: ray.ObjectRef | None = None, row_filter=None, cached_sections: int = 1) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
                             sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors,
                             row_filter=row_filter, options=cfg.storage)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
-                                                           "use_gpu": cfg.use_gpu, "references": references},
+                                                           "use_gpu": cfg.use_gpu, "references": references,
+                                                           "cached_sections": cached_sections},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
                           batch_format="numpy", num_gpus=1 if cfg.use_gpu else 0, num_cpus=cfg.cpus_per_actor)
 
@@ -300,19 +304,26 @@ def run_score(cfg: ScoreConfig) -> dict:
     limit_buffering(cfg)
     names = " + ".join(method_name(cfg, info) for info in infos)
     print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
-    blobs = [r.to_bytes() for r in fit_references(cfg, infos)]  # serialised once: knn references hold the sample
-    for blob, url in zip(blobs, cfg.references_urls()):
-        storage.write_bytes_atomic(url, blob, cfg.storage)
+    refs = fit_references(cfg, infos)
+    for r, url in zip(refs, cfg.references_urls()):
+        storage.write_bytes_atomic(url, r.to_bytes(), cfg.storage)
     print(f"score: scoring {cfg.data} (test) with {cfg.actors} actor(s) into {scores_url(cfg.out)}", flush=True)
     prepare_outputs(cfg.out, cfg.storage)
-    shipped = ray.put(blobs)  # once, to every actor through the object store
-    del blobs
+    shipped = ship_sections(refs)
+    del refs  # knn references hold the sample: the driver keeps none of it through the scoring pass
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
-    embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
+    embed(cfg, main, cfg.data, "test", references=shipped, cached_sections=cfg.actor_sections).write_parquet(
         path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
         ray_remote_args={"num_cpus": 0})  # a few KB of scores a batch; the actors may hold every CPU
     return finish_outputs(cfg.out, cfg.storage, cfg.model_dump(mode="json", exclude={"storage"}),
                           expected=test_clip_count(cfg))
+
+
+def ship_sections(refs: list[References]) -> ray.ObjectRef:
+    """Every section's references of every model into the object store, one object per section, and
+    a dict ``"machine|section"`` -> its object: each actor loads the sections its batches need."""
+    return ray.put({"|".join(key): ray.put([r.section(key).to_bytes() for r in refs])
+                    for key in sorted(refs[0].vectors)})
 
 
 def test_clip_count(cfg: ScoreConfig) -> int:

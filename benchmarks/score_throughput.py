@@ -116,10 +116,12 @@ def main() -> None:
                    "synth's); memory is flat only once 1x fills whole shards")
     p.add_argument("--hybrid", action="store_true", help="score with the default hybrid of four (the model and "
                                                          "its autoencoder, frame statistics and line alarms)")
-    p.add_argument("--train-clips", type=int, default=16, help="normal training clips per machine, source domain "
-                   "(and a quarter as many, at least 4, in the target domain)")
+    p.add_argument("--train-clips", type=int, default=16, help="normal training clips per machine and section, "
+                   "source domain (and a quarter as many, at least 4, in the target domain)")
     p.add_argument("--scale-train", action="store_true", help="the training clips grow with the scale too")
     p.add_argument("--max-references", type=int, default=ScoreConfig.model_fields["max_references"].default)
+    p.add_argument("--sections", type=int, default=1, help="sections per machine type (the counts are per section)")
+    p.add_argument("--actor-sections", type=int, default=ScoreConfig.model_fields["actor_sections"].default)
     p.add_argument("--small", action="store_true", help="a small model (CPU runs): the pipeline, not the model, "
                                                         "is what is measured")
     args = p.parse_args()
@@ -135,11 +137,12 @@ def main() -> None:
     device = "cuda" if args.gpu else "cpu"
     runs = {}
     for scale in map(int, args.scales.split(",")):  # every Ray run first: the plain loop would grow this process's heap
-        per_domain = args.clips * scale // 4  # 2 machines x 2 domains, half normal half anomalous
+        per_domain = args.clips * scale // 4 // args.sections  # 2 machines x 2 domains, half normal half anomalous
         data = f"{root}/data-{scale}x"
         shard = {"shard_mb": args.shard_mb} if args.shard_mb else {}
         source = args.train_clips * (scale if args.scale_train else 1)
-        synthesize(SynthConfig(out=data, machines=["fan", "pump"], clip_seconds=args.seconds, **shard,
+        synthesize(SynthConfig(out=data, machines=["fan", "pump"], sections=args.sections, clip_seconds=args.seconds,
+                               **shard,
                                counts=Counts(train_source=source, train_target=max(4, source // 4),
                                              test_normal=per_domain // 2, test_anomaly=per_domain // 2)),
                    progress=False)
@@ -147,7 +150,8 @@ def main() -> None:
         monitor.start()
         t0 = time.time()
         cfg = ScoreConfig(bundle=f"{root}/model", data=data, out=f"{root}/out-{scale}x", batch_size=args.batch,
-                          use_gpu=args.gpu, buffer_mb=args.buffer_mb, max_references=args.max_references)
+                          use_gpu=args.gpu, buffer_mb=args.buffer_mb, max_references=args.max_references,
+                          actor_sections=args.actor_sections)
         summary = run_score(cfg)
         wall = time.time() - t0
         monitor.running = False

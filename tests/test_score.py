@@ -66,7 +66,7 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
     runs = {}
     for name, url in (("ae", companion), ("hybrid", main)):
         cfg = ScoreConfig(data=f"{B}/data", out=f"{B}/out-{name}", bundle=url, batch_size=8,
-                          references_to=f"{B}/out-{name}/refs.npz")
+                          references_to=f"{B}/out-{name}/refs.npz", actor_sections=1)  # two sections: evicted
         run_score(cfg)
         urls = [cfg.references_url] + ([f"{B}/out-{name}/refs-{i}.npz" for i in (1, 2, 3, 4)] if name == "hybrid"
                                        else [])
@@ -96,6 +96,31 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
         threshold = refs[0].thresholds[(machine, "00")]
         assert np.isfinite(threshold)
         assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
+
+
+def test_a_scoring_actor_loads_the_sections_it_needs_and_keeps_at_most_actor_sections(trained):
+    """The fitted references reach the actors one object per section; an actor loads a section's
+    when a batch needs it and drops the least recently used past ``actor_sections``."""
+    from asd_ray.embedder import Embedder
+    from asd_ray.score import ship_sections
+
+    rng = np.random.default_rng(5)
+    unit = rng.normal(size=(60, 8)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    keys = [("fan", "00"), ("fan", "01"), ("pump", "00")]
+    refs = knn_references({(*k, d): unit[20 * i + (0 if d == "source" else 15):20 * i + (15 if d == "source" else 20)]
+                           for i, k in enumerate(keys) for d in ("source", "target")})
+    refs.thresholds = {k: float(i) for i, k in enumerate(keys)}
+    refs.meta = {"method": "knn"}
+    embedder = Embedder(trained, {}, use_gpu=False, references=ship_sections([refs]), cached_sections=2)
+    for key in ("fan|00", "fan|01", "fan|00", "pump|00"):
+        assert embedder.section_refs(key) is not None
+    assert list(embedder.loaded) == ["fan|00", "pump|00"]  # fan|01, the least recently used, dropped
+    assert embedder.section_refs("valve|00") is None and len(embedder.loaded) == 2
+    again = embedder.section_refs("fan|01")[0]
+    assert list(embedder.loaded) == ["pump|00", "fan|01"] and again.thresholds == {("fan", "01"): 1.0}
+    queries = unit[:5] * 0.8 + 0.2 * unit[40:45]
+    np.testing.assert_allclose(again.score("fan", "01", queries), refs.score("fan", "01", queries), rtol=1e-6)
 
 
 def test_weights_name_one_positive_number_per_model_and_are_the_bundles_own_with_companions(trained):
