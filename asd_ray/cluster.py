@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import ray
 
@@ -27,3 +29,30 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, **console.ray_init_options())
     console.quiet_ray_loggers()
     console.show_ray_warnings_once()
+
+
+K = TypeVar("K")
+
+
+def as_completed(calls: Iterable[tuple[K, Callable[[], ray.ObjectRef]]]) -> Iterator[tuple[K, object]]:
+    """Start each ``(key, start)`` call's task, at most as many running at once as the cluster has
+    CPUs (a task's inputs reach the object store only when it starts), and yield ``(key, result)``
+    as they finish. A task's own error is raised as itself (a ``ValueError`` naming a section),
+    not as Ray's ``RayTaskError`` traceback."""
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict[ray.ObjectRef, K] = {}
+
+    def finished() -> tuple[K, object]:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready)
+        try:
+            return key, ray.get(ready)
+        except ray.exceptions.RayTaskError as err:
+            raise (err.cause if isinstance(err.cause, Exception) else err) from None
+
+    for key, start in calls:
+        if len(pending) >= window:
+            yield finished()
+        pending[start()] = key
+    while pending:
+        yield finished()

@@ -28,6 +28,7 @@ import pyarrow as pa
 import ray
 
 from asd_ray import dataset
+from asd_ray.cluster import as_completed
 from asd_ray.labels import UNKNOWN_DOMAIN
 from asd_ray.storage import StorageOptions
 
@@ -106,15 +107,9 @@ def training_cutoffs(url: str, split: str, machine: list[str] | None, limit: int
                      options: StorageOptions | None = None) -> RankCutoffs:
     """The sample's cutoffs over every matching shard: a task per shard, at most as many at once as
     the cluster has CPUs, merged as they finish."""
-    urls = dataset.checked_shards(url, split, machine, options)
-    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    merged, pending = RankCutoffs(limit), []
-    for shard in urls:
-        if len(pending) >= window:
-            [ready], pending = ray.wait(pending, num_returns=1)
-            merged.merge(ray.get(ready))
-        pending.append(shard_ranks.remote(shard, limit, seed, options))
-    for part in ray.get(pending):
+    merged = RankCutoffs(limit)
+    for _, part in as_completed((shard, functools.partial(shard_ranks.remote, shard, limit, seed, options))
+                                for shard in dataset.checked_shards(url, split, machine, options)):
         merged.merge(part)
     return merged.finished()
 

@@ -4,8 +4,9 @@ Two streaming passes over an actor pool (the models loaded once per actor, GPU a
 asked). Fit: a bounded sample of the normal training clips per machine, section and domain
 (``max_references``), chosen from their clip ids before any audio is read
 (``reference_sample.py``); the actors embed it into the object store, and Ray tasks, one per
-section, build the references and the decision thresholds from it. Score: the fitted references (a few MB) go to
-the actors once through the object store; each actor embeds its test clips and returns their
+section, build the references and the decision thresholds from it. Score: the fitted references
+go into the object store once, one object per section; an actor loads those its batches need (at
+most ``actor_sections`` at once), embeds its test clips and returns their
 scores and decisions, never embeddings; Ray Data writes them as Parquet shards under
 ``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
 derives the DCASE files from the shards and writes ``manifest.json`` last.
@@ -25,14 +26,18 @@ set); those stay null in the outputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Literal, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import ray
 from pydantic import Field, model_validator
 from scipy import stats
 
 from asd_ray import bundle, dataset, reference_sample, storage
+from asd_ray.cluster import as_completed
 from asd_ray.config import JobConfig
 from asd_ray.embedder import Embedder, embedding_column, hybrid_sum
 from asd_ray.reference_sample import RankCutoffs, SampleChunks, gather
@@ -118,14 +123,15 @@ class ScoreConfig(JobConfig, Tracked):
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
-          references: ray.ObjectRef | None = None, row_filter=None, cached_sections: int = 1) -> ray.data.Dataset:
+          references: ray.ObjectRef | None = None,
+          row_filter: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
                             sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors,
                             row_filter=row_filter, options=cfg.storage)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu, "references": references,
-                                                           "cached_sections": cached_sections},
+                                                           "cached_sections": cfg.actor_sections},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
                           batch_format="numpy", num_gpus=1 if cfg.use_gpu else 0, num_cpus=cfg.cpus_per_actor)
 
@@ -229,23 +235,8 @@ def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: Sampl
     """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
     (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
     as many at once as it has CPUs, each handed only its own section's chunks; in section order."""
-    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pending: dict[ray.ObjectRef, tuple[str, str]] = {}
-    fitted = {}
-
-    def collect() -> None:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        try:
-            fitted[pending.pop(ready)] = ray.get(ready)
-        except ray.exceptions.RayTaskError as err:  # the job's own error (a section with too few clips), not Ray's
-            raise (err.cause if isinstance(err.cause, Exception) else err) from None
-
-    for key in chunks.sections():
-        if len(pending) >= window:
-            collect()
-        pending[fit_section.remote(cfg, infos, key, chunks.refs[key], weights)] = key
-    while pending:
-        collect()
+    fitted = dict(as_completed((key, partial(fit_section.remote, cfg, infos, key, chunks.refs[key], weights))
+                               for key in chunks.sections()))
     return {key: fitted[key] for key in chunks.sections()}
 
 
@@ -312,7 +303,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     shipped = ship_sections(refs)
     del refs  # knn references hold the sample: the driver keeps none of it through the scoring pass
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
-    embed(cfg, main, cfg.data, "test", references=shipped, cached_sections=cfg.actor_sections).write_parquet(
+    embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
         path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
         ray_remote_args={"num_cpus": 0})  # a few KB of scores a batch; the actors may hold every CPU
     return finish_outputs(cfg.out, cfg.storage, cfg.model_dump(mode="json", exclude={"storage"}),
