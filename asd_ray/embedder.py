@@ -38,8 +38,8 @@ class Embedder:
     Without references, one vector per clip and model out: unit-norm embeddings, or for the
     autoencoder baseline its mean squared error followed by its mean error vector, for the frame
     statistics and the tonal detector their vectors. With ``references`` (an object reference to
-    a dict ``"machine|section"`` -> an object reference to that section's fitted ``References`` of
-    every model, as bytes), each clip's score and decision out instead, or the reason it has none.
+    a dict ``"machine|section"`` -> object references to that section's fitted ``References``, one
+    per model, as bytes), each clip's score and decision out instead, or the reason it has none.
     An actor loads a section's references when a batch first needs them and keeps at most
     ``cached_sections`` loaded (the least recently used dropped): its memory is that many
     sections' references, however many sections the data has."""

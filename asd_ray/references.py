@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
+import zipfile
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -88,28 +92,9 @@ class References:
         return nearest(self.standardised(key, clips), self.vectors[key], self.scales[key], exclude,
                        euclidean=self.standard is not None)
 
-    def section(self, key: Key) -> References:
-        """Section ``key``'s references alone, as saved (what a scoring actor loads for it)."""
-        def pick(d):
-            return None if d is None else {key: d[key]}
-        return References(pick(self.vectors), pick(self.domains),
-                          {key: self.thresholds[key]} if key in self.thresholds else None, self.meta,
-                          pick(self.scales), precisions=pick(self.precisions), standard=pick(self.standard))
-
     def to_bytes(self) -> bytes:
-        keys = sorted(self.vectors)
         buf = io.BytesIO()
-        np.savez(buf, groups=np.array([f"{m}|{s}" for m, s in keys]),
-                 sizes=np.array([len(self.vectors[k]) for k in keys]),
-                 vectors=np.concatenate([self.vectors[k] for k in keys]).astype(np.float32),
-                 domains=np.concatenate([self.domains[k] for k in keys]).astype(str),
-                 scales=np.concatenate([self.scales[k] for k in keys]).astype(np.float64),
-                 thresholds=np.array([self.thresholds.get(k, np.nan) for k in keys]),
-                 meta=np.array(json.dumps(self.meta)),
-                 **({"precisions": np.concatenate([self.precisions[k] for k in keys]).astype(np.float32)}
-                    if self.precisions is not None else {}),
-                 **({"standard": np.stack([self.standard[k] for k in keys]).astype(np.float32)}
-                    if self.standard is not None else {}))
+        write_sections(buf, [self], self.meta)
         return buf.getvalue()
 
     @classmethod
@@ -124,6 +109,86 @@ class References:
                    json.loads(str(z["meta"])), split("scales"),
                    precisions=split("precisions") if "precisions" in z else None,
                    standard=dict(zip(keys, z["standard"])) if "standard" in z else None)
+
+
+def section_arrays(refs: References, key: Key) -> dict[str, np.ndarray]:
+    """Section ``key``'s rows of each array ``to_bytes`` saves per reference (``standard``: one row)."""
+    arrays = {"vectors": np.asarray(refs.vectors[key], np.float32), "domains": np.asarray(refs.domains[key], str),
+              "scales": np.asarray(refs.scales[key], np.float64)}
+    if refs.precisions is not None:
+        arrays["precisions"] = np.asarray(refs.precisions[key], np.float32)
+    if refs.standard is not None:
+        arrays["standard"] = np.asarray(refs.standard[key], np.float32)[None]
+    return arrays
+
+
+class _Rows:
+    """One saved array's rows, appended section by section to a spool (memory up to 16 MB, then a
+    temporary file); domains kept as runs of one name, since their width is known only at the end."""
+
+    def __init__(self):
+        self.file = tempfile.SpooledTemporaryFile(16 * 2**20)
+        self.rows, self.dtype, self.shape, self.runs = 0, None, None, []
+
+    def add(self, name: str, key: Key, a: np.ndarray) -> None:
+        if self.shape is not None and a.shape[1:] != self.shape:
+            raise ValueError(f"references of {key[0]} section {key[1]}: {name} rows of shape {a.shape[1:]}, the "
+                             f"sections before {self.shape}")
+        self.shape, self.rows = a.shape[1:], self.rows + len(a)
+        if a.dtype.kind == "U":
+            starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.array([], int)
+            self.runs += [(str(a[i]), int(n)) for i, n in zip(starts, np.diff(np.r_[starts, len(a)]))]
+        else:
+            self.dtype = a.dtype
+            self.file.write(np.ascontiguousarray(a).tobytes())
+
+    def write(self, out) -> None:
+        """As one ``.npy`` member: the header, then the rows."""
+        dtype = self.dtype or np.dtype(f"<U{max([len(v) for v, _ in self.runs], default=1)}")
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                   "fortran_order": False, "shape": (self.rows, *self.shape)})
+        if self.dtype is None:
+            for value, n in self.runs:
+                out.write(np.full(n, value, dtype).tobytes())
+            return
+        self.file.seek(0)
+        shutil.copyfileobj(self.file, out)
+
+
+def write_sections(out, parts: Iterable[References], meta: dict) -> None:
+    """The ``.npz`` that ``from_bytes`` reads, written to the binary file ``out`` from references
+    of one or more sections each, taken one at a time (``meta``: the file's): memory holds one
+    part and the spooled rows, never the whole file's arrays at once."""
+    rows: dict[str, _Rows] = {}
+    try:
+        _write_sections(out, parts, meta, rows)
+    finally:
+        for spool in rows.values():
+            spool.file.close()
+
+
+def _write_sections(out, parts: Iterable[References], meta: dict, rows: dict[str, _Rows]) -> None:
+    groups, sizes, thresholds = [], [], []
+    for part in parts:
+        for key in sorted(part.vectors):
+            arrays = section_arrays(part, key)
+            if groups and sorted(arrays) != sorted(rows):
+                raise ValueError(f"references of {key[0]} section {key[1]}: {sorted(arrays)}, the sections before "
+                                 f"{sorted(rows)}")
+            for name, a in arrays.items():
+                rows.setdefault(name, _Rows()).add(name, key, a)
+            groups.append(f"{key[0]}|{key[1]}")
+            sizes.append(len(part.vectors[key]))
+            thresholds.append(part.thresholds.get(key, np.nan))
+    small = {"groups": np.array(groups, str), "sizes": np.array(sizes, np.int64),
+             "thresholds": np.array(thresholds, np.float64), "meta": np.array(json.dumps(meta))}
+    with zipfile.ZipFile(out, "w", allowZip64=True) as npz:  # uncompressed, as np.savez
+        for name, a in small.items():
+            with npz.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, a, allow_pickle=False)
+        for name, spool in rows.items():
+            with npz.open(f"{name}.npy", "w", force_zip64=True) as member:
+                spool.write(member)
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,
@@ -179,15 +244,6 @@ def _references(parts: dict[Key, list[tuple]]) -> References:
         return {k: np.concatenate([p[i] for p in ps]) for k, ps in parts.items()}
     domains = {k: np.concatenate([[p[0]] * len(p[1]) for p in ps]) for k, ps in parts.items()}
     return References(cat(1), domains, scales=cat(2), origins=cat(3))
-
-
-def merge_sections(parts: list[References]) -> References:
-    """One ``References`` of several fitted on different sections (``meta`` of the first)."""
-    def union(name: str) -> dict | None:
-        found = [getattr(p, name) for p in parts]
-        return None if found[0] is None else {k: v for d in found for k, v in d.items()}
-    return References(union("vectors"), union("domains"), union("thresholds"), parts[0].meta, union("scales"),
-                      union("origins"), union("precisions"), union("held_out"), union("standard"))
 
 
 def reconstruction_references(keys) -> References:

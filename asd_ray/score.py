@@ -4,21 +4,19 @@ Two streaming passes over an actor pool (the models loaded once per actor, GPU a
 asked). Fit: a bounded sample of the normal training clips per machine, section and domain
 (``max_references``), chosen from their clip ids before any audio is read
 (``reference_sample.py``); the actors embed it into the object store, and Ray tasks, one per
-section, build the references and the decision thresholds from it. Score: the fitted references
-go into the object store once, one object per section; an actor loads those its batches need (at
-most ``actor_sections`` at once), embeds its test clips and returns their
-scores and decisions, never embeddings; Ray Data writes them as Parquet shards under
-``out/scores/`` as they stream. The driver holds no per-clip state; ``score_output.py`` then
-derives the DCASE files from the shards and writes ``manifest.json`` last.
+section, build the references and the decision thresholds from it (``reference_fit.py``), which
+stay there, one object per section and model; each model's ``references.npz`` is written from
+them a section at a time. Score: an actor loads the sections its batches need (at most
+``actor_sections`` at once), embeds its test clips and returns their scores and decisions, never
+embeddings; Ray Data writes them as Parquet shards under ``out/scores/`` as they stream. The
+driver holds no per-clip state and no references; ``score_output.py`` then derives the DCASE
+files from the shards and writes ``manifest.json`` last.
 
 Hybrid score (the default for a bundle trained with companions: the autoencoder, the frame
 statistics and the spectral line alarms; any models with ``add_bundles``): every model scores
-every clip in the same actor; each model's score is standardised per machine and section by the
-mean and standard deviation of its training clips' scores (out of sample: leave-one-out where
-they are references, held out of the Gaussians and the alarms' means) and the standardised
-scores are added, so that a fault one detector ignores still raises the sum. Thresholds: a normal
-distribution fitted to the summed training scores (a single model: a gamma distribution, as the
-DCASE baseline does), at ``decision_percentile``.
+every clip in the same actor; each model's score is standardised per machine and section by its
+training clips' scores and the standardised scores are added, so that a fault one detector
+ignores still raises the sum (``reference_fit.py``).
 
 Test clips need no domain or label (the everyday case: new recordings, the DCASE evaluation
 set); those stay null in the outputs.
@@ -27,23 +25,17 @@ set); those stay null in the outputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
-from typing import Literal, NamedTuple
+from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 import ray
 from pydantic import Field, model_validator
-from scipy import stats
 
 from asd_ray import bundle, dataset, reference_sample, storage
-from asd_ray.cluster import as_completed
 from asd_ray.config import JobConfig
-from asd_ray.embedder import Embedder, embedding_column, hybrid_sum
-from asd_ray.reference_sample import RankCutoffs, SampleChunks, gather
-from asd_ray.references import (Groups, References, alarm_references, centroid_references, check_finite,
-                                kmeans_references, knn_references, mahalanobis_references, merge_sections,
-                                reconstruction_references, section_clips)
+from asd_ray.embedder import Embedder, embedding_column
+from asd_ray.reference_fit import Fitted, fit_sample, method_name, save_references
+from asd_ray.reference_sample import RankCutoffs, SampleChunks
 from asd_ray.score_output import finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
 from asd_ray.tracking import Tracked
@@ -151,33 +143,6 @@ def limit_buffering(cfg: ScoreConfig) -> None:
     ctx.target_max_block_size = min(ctx.target_max_block_size, cfg.buffer_mb * 2**20 // 8)
 
 
-def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) -> References:
-    if info.method == "autoencoder":
-        if cfg.autoencoder_score == "mahalanobis":
-            return mahalanobis_references(groups, pooled=cfg.autoencoder_covariance == "pooled")
-        check_finite(groups, "autoencoder references")  # no vectors: the reconstruction error is the score
-        return reconstruction_references({(m, s) for m, s, _ in groups})
-    if info.method == "framestats":
-        return knn_references(groups, standardise=True)
-    if info.method == "tonal":
-        return alarm_references(groups)
-    if cfg.references == "centroid":
-        return centroid_references(groups)
-    if cfg.references == "kmeans":
-        return kmeans_references(groups, cfg.kmeans_clusters)
-    return knn_references(groups)
-
-
-def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
-    if info.method == "autoencoder":
-        return "reconstruction" if cfg.autoencoder_score == "mse" else "mahalanobis"
-    if info.method == "framestats":
-        return "framestats"
-    if info.method == "tonal":
-        return "alarm"
-    return cfg.references
-
-
 def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int
                           ) -> tuple[SampleChunks, RankCutoffs]:
     """The bounded sample of normal training clips, embedded into the object store by the actors."""
@@ -193,87 +158,11 @@ def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int
     return chunks, cutoffs
 
 
-def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> list[References]:
-    """References per model from the sample of normal training clips, and decision thresholds.
-    With added models, each model's scores are normalised per (machine, section) by the mean and
-    standard deviation of its training clips' scores (saved in the main references' ``meta``), and
-    the thresholds are those of the summed scores."""
+def fit_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
+    """Every section's references per model (in the object store), norms and decision thresholds,
+    from the sample of normal training clips."""
     chunks, cutoffs = sample_training_clips(cfg, infos[0], len(infos))
-    return references_from_sample(cfg, infos, chunks, cutoffs.seen)
-
-
-def references_from_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleChunks,
-                           seen: dict[tuple[str, str, str], int]) -> list[References]:
-    """Fitted references of every model from the embedded sample; ``seen``: the normal training
-    clips of each group, sampled or not (for the references' ``meta``)."""
-    weights = cfg.model_weights()
-    sections = fit_sections(cfg, infos, chunks, weights)
-    refs = [merge_sections([section.refs[k] for section in sections.values()]) for k in range(len(infos))]
-    kept = {g: n for section in sections.values() for g, n in section.kept.items()}
-    for r, info, url in zip(refs, infos, cfg.bundles):
-        r.meta = {"data": cfg.fit_data or cfg.data, "method": method_name(cfg, info), "bundle": url,
-                  "clips": {"|".join(g): n for g, n in sorted(seen.items())},
-                  "kept": {"|".join(g): n for g, n in sorted(kept.items())}}
-        if r.meta["method"] == "mahalanobis":
-            r.meta["covariance"] = cfg.autoencoder_covariance
-    refs[0].thresholds = {key: section.threshold for key, section in sections.items()}
-    if len(refs) > 1:
-        refs[0].meta["norms"] = {"|".join(key): section.norms for key, section in sections.items()}
-        refs[0].meta["weights"] = weights
-    return refs
-
-
-class FittedSection(NamedTuple):
-    refs: list[References]  # one per model
-    norms: list[tuple[float, float]] | None  # each model's normaliser in the hybrid (None: one model)
-    threshold: float
-    kept: dict[tuple[str, str, str], int]  # clips in the sample per group
-
-
-def fit_sections(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleChunks,
-                 weights: list[float]) -> dict[tuple[str, str], FittedSection]:
-    """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
-    (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
-    as many at once as it has CPUs, each handed only its own section's chunks; in section order."""
-    fitted = dict(as_completed((key, partial(fit_section.remote, cfg, infos, key, chunks.refs[key], weights))
-                               for key in chunks.sections()))
-    return {key: fitted[key] for key in chunks.sections()}
-
-
-@ray.remote(num_cpus=1)
-def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: tuple[str, str], chunks: list,
-                weights: list[float]) -> FittedSection:
-    """One section's references per model from its chunks of the sample, and its decision threshold
-    from the training clips' own scores, out of sample; with added models, each model's norm and
-    the threshold of the sum."""
-    groups, kept = gather(key, chunks, len(infos), cfg.max_references)  # fresh arrays, writable
-    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
-    per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
-    if len(refs) == 1:
-        return FittedSection(refs, None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key), kept)
-    norms = [section_norm(x) for x in per_model]
-    return FittedSection(refs, norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile,
-                                                normal=True, key=key), kept)
-
-
-def section_norm(training_scores: np.ndarray) -> tuple[float, float]:
-    """A detector's normaliser for one section in the hybrid: the mean and standard deviation of its
-    training clips' (out-of-sample) scores, over the finite ones (a lone clip's Gaussian score is inf)."""
-    finite = training_scores[np.isfinite(training_scores)]
-    return float(np.mean(finite)), float(np.std(finite) + 1e-12)
-
-
-def threshold(scores: np.ndarray, percentile: float, normal: bool, key: tuple[str, str]) -> float:
-    """The ``percentile`` of a distribution fitted to normal training scores: a gamma (the DCASE
-    baseline's), or a normal one for sums of standardised scores, which can be negative."""
-    scores = scores[np.isfinite(scores)]
-    if len(scores) < 2:
-        raise ValueError(f"{key[0]} section {key[1]}: a decision threshold needs at least 2 normal training "
-                         f"clips that are not the only reference of their own; found {len(scores)}")
-    if normal:
-        return float(stats.norm.ppf(percentile / 100, *stats.norm.fit(scores)))
-    shape, loc, scale = stats.gamma.fit(np.maximum(scores, 1e-9))
-    return float(stats.gamma.ppf(percentile / 100, shape, loc=loc, scale=scale))
+    return fit_sample(cfg, infos, chunks, cutoffs.seen)
 
 
 def run_score(cfg: ScoreConfig) -> dict:
@@ -295,13 +184,11 @@ def run_score(cfg: ScoreConfig) -> dict:
     limit_buffering(cfg)
     names = " + ".join(method_name(cfg, info) for info in infos)
     print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
-    refs = fit_references(cfg, infos)
-    for r, url in zip(refs, cfg.references_urls()):
-        storage.write_bytes_atomic(url, r.to_bytes(), cfg.storage)
+    fitted = fit_references(cfg, infos)
+    save_references(cfg, infos, fitted)
     print(f"score: scoring {cfg.data} (test) with {cfg.actors} actor(s) into {scores_url(cfg.out)}", flush=True)
     prepare_outputs(cfg.out, cfg.storage)
-    shipped = ship_sections(refs)
-    del refs  # knn references hold the sample: the driver keeps none of it through the scoring pass
+    shipped = ship_sections(fitted.sections)
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
     embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
         path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
@@ -310,11 +197,10 @@ def run_score(cfg: ScoreConfig) -> dict:
                           expected=test_clip_count(cfg))
 
 
-def ship_sections(refs: list[References]) -> ray.ObjectRef:
-    """Every section's references of every model into the object store, one object per section, and
-    a dict ``"machine|section"`` -> its object: each actor loads the sections its batches need."""
-    return ray.put({"|".join(key): ray.put([r.section(key).to_bytes() for r in refs])
-                    for key in sorted(refs[0].vectors)})
+def ship_sections(sections: dict[tuple[str, str], list[ray.ObjectRef]]) -> ray.ObjectRef:
+    """A dict ``"machine|section"`` -> that section's fitted references (each model's, as bytes, in
+    the object store): each actor loads the sections its batches need."""
+    return ray.put({"|".join(key): refs for key, refs in sorted(sections.items())})
 
 
 def test_clip_count(cfg: ScoreConfig) -> int:

@@ -9,15 +9,22 @@ the same code ``asd-ray score`` runs: the sample's rank cutoffs from the clip id
 1,024 (``RankCutoffs``, as its per-shard tasks make them), then vectors for the clips in the sample
 only, put into the object store in chunks of at most 1,024 (``SampleChunks``), then each
 section's references and out-of-sample thresholds in a Ray task of its own
-(``score.fit_sections``, as many at once as the local Ray has CPUs). ``dual-stream``: 256-d unit
+(``reference_fit.fit_sample``, as many at once as the local Ray has CPUs), then the references
+file written from the object store a section at a time (``save_references``, to a temporary
+folder). ``dual-stream``: 256-d unit
 vectors, ``knn`` references. ``autoencoder``: 641 numbers a clip (the reconstruction error, then
 its 640-d error vector), a Gaussian per domain (Ledoit-Wolf) and the cross-fitted training
 scores. Peak memory, sampled every 50 ms: the largest resident set of this process (the driver)
-above its size before the fit, and of any one fitting task's worker process.
+above its size before the fit (the object store's pages it wrote, the benchmark's sample,
+included), and of any one fitting task's worker process; and the peak of the driver's own heap
+while it fits and writes the file (``tracemalloc``, numpy's arrays included).
 """
 
 import argparse
+import os
+import tempfile
 import threading
+import tracemalloc
 import time
 
 import numpy as np
@@ -28,7 +35,8 @@ from asd_ray.bundle import BundleInfo
 from asd_ray.labels import LabelMap
 from asd_ray.model import ModelConfig
 from asd_ray.reference_sample import RankCutoffs, SampleChunks, ranks
-from asd_ray.score import ScoreConfig, references_from_sample
+from asd_ray.reference_fit import fit_sample, save_references
+from asd_ray.score import ScoreConfig
 
 
 class PeakRss(threading.Thread):
@@ -49,9 +57,11 @@ class PeakRss(threading.Thread):
 
 
 def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: str = "pooled",
-        sections: int = 1) -> tuple[float, float, float, int]:
+        sections: int = 1) -> tuple[float, float, float, float, int]:
     rng = np.random.default_rng(n)
-    cfg = ScoreConfig(max_references=max_references, autoencoder_covariance=covariance)
+    folder = tempfile.mkdtemp(prefix="reference-fit-")
+    cfg = ScoreConfig(max_references=max_references, autoencoder_covariance=covariance,
+                      references_to=os.path.join(folder, "references.npz"))
     method, dims = ("autoencoder", 641) if detector == "autoencoder" else ("scadacos", 256)
     info = BundleInfo(method=method, model=ModelConfig(), labels=LabelMap(classes=["a", "b"]), n_subclusters=2,
                       sample_rate=16000, clip_samples=16000)
@@ -80,12 +90,19 @@ def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: 
             batch = rng.normal(size=(len(at), dims)).astype(np.float32)
             batch /= np.linalg.norm(batch, axis=1, keepdims=True)
             chunks.add("fan", section, ids[at], domains[at], [batch])
-    refs = references_from_sample(cfg, [info], chunks, cutoffs.seen)
-    assert len(refs[0].thresholds) == sections
+    tracemalloc.start()  # the driver's own heap (numpy's arrays too) while it fits and writes
+    fitted = fit_sample(cfg, [info], chunks, cutoffs.seen)
+    save_references(cfg, [info], fitted)
+    assert len(fitted.summaries) == sections
     seconds = time.time() - t0
+    heap = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     monitor.running = False
     monitor.join()
-    return seconds, (monitor.peak - monitor.base) / 2**20, monitor.task_peak / 2**20, sum(refs[0].meta["kept"].values())
+    os.remove(cfg.references_to)
+    os.rmdir(folder)
+    kept = sum(n for s in fitted.summaries.values() for n in s.kept.values())
+    return seconds, (monitor.peak - monitor.base) / 2**20, heap, monitor.task_peak / 2**20, kept
 
 
 def main() -> None:
@@ -100,12 +117,12 @@ def main() -> None:
     ray.get(ray.remote(lambda: None).remote())  # a worker started before the first timing
     print(f"{ray.cluster_resources()['CPU']:.0f} CPUs")
     print("| sections | training embeddings per section | training clips kept | fit time (s) | driver peak above "
-          "start (MiB) | a fitting task's peak (MiB) |")
-    print("|---|---|---|---|---|---|")
+          "start (MiB) | its heap's peak while fitting and writing (MiB) | a fitting task's peak (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for sections in map(int, a.sections.split(",")):
         for n in map(int, a.sizes.split(",")):
-            seconds, mib, task_mib, kept = fit(n, a.max_references, a.detector, a.covariance, sections)
-            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {task_mib:.0f} |", flush=True)
+            seconds, mib, heap, task_mib, kept = fit(n, a.max_references, a.detector, a.covariance, sections)
+            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {heap:.0f} | {task_mib:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
 def test_a_scoring_actor_loads_the_sections_it_needs_and_keeps_at_most_actor_sections(trained):
     """The fitted references reach the actors one object per section; an actor loads a section's
     when a batch needs it and drops the least recently used past ``actor_sections``."""
+    import ray
+
     from asd_ray.embedder import Embedder
     from asd_ray.score import ship_sections
 
@@ -108,11 +110,13 @@ def test_a_scoring_actor_loads_the_sections_it_needs_and_keeps_at_most_actor_sec
     unit = rng.normal(size=(60, 8)).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     keys = [("fan", "00"), ("fan", "01"), ("pump", "00")]
-    refs = knn_references({(*k, d): unit[20 * i + (0 if d == "source" else 15):20 * i + (15 if d == "source" else 20)]
-                           for i, k in enumerate(keys) for d in ("source", "target")})
-    refs.thresholds = {k: float(i) for i, k in enumerate(keys)}
-    refs.meta = {"method": "knn"}
-    embedder = Embedder(trained, {}, use_gpu=False, references=ship_sections([refs]), cached_sections=2)
+    fitted = {}
+    for i, key in enumerate(keys):
+        fitted[key] = knn_references({(*key, "source"): unit[20 * i:20 * i + 15],
+                                      (*key, "target"): unit[20 * i + 15:20 * i + 20]})
+        fitted[key].thresholds, fitted[key].meta = {key: float(i)}, {"method": "knn"}
+    sections = {key: [ray.put(refs.to_bytes())] for key, refs in fitted.items()}
+    embedder = Embedder(trained, {}, use_gpu=False, references=ship_sections(sections), cached_sections=2)
     for key in ("fan|00", "fan|01", "fan|00", "pump|00"):
         assert embedder.section_refs(key) is not None
     assert list(embedder.loaded) == ["fan|00", "pump|00"]  # fan|01, the least recently used, dropped
@@ -120,7 +124,8 @@ def test_a_scoring_actor_loads_the_sections_it_needs_and_keeps_at_most_actor_sec
     again = embedder.section_refs("fan|01")[0]
     assert list(embedder.loaded) == ["pump|00", "fan|01"] and again.thresholds == {("fan", "01"): 1.0}
     queries = unit[:5] * 0.8 + 0.2 * unit[40:45]
-    np.testing.assert_allclose(again.score("fan", "01", queries), refs.score("fan", "01", queries), rtol=1e-6)
+    np.testing.assert_allclose(again.score("fan", "01", queries), fitted[("fan", "01")].score("fan", "01", queries),
+                               rtol=1e-6)
 
 
 def test_weights_name_one_positive_number_per_model_and_are_the_bundles_own_with_companions(trained):
@@ -293,21 +298,24 @@ def test_pooled_covariance_finds_a_target_fault_that_ten_clips_cannot_shape():
     assert auc[True] > 0.95 and auc[True] > auc[False] + 0.2, auc
 
 
-def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
-    """``asd-ray score`` fits each (machine, section) in a Ray task of its own (``fit_sections``):
-    merged, every model's references, the hybrid's norms and the thresholds are those of one fit
-    over all sections, and a section's bad input is refused as the job's own error, section named."""
+def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local, tmp_path):
+    """``asd-ray score`` fits each (machine, section) in a Ray task of its own (``fit_sample``), whose
+    references stay in the object store: each model's file, written from them a section at a time,
+    holds the references, the hybrid's norms and the thresholds of one fit over all sections, and a
+    section's bad input is refused as the job's own error, section named."""
     import ray
 
     from asd_ray.labels import LabelMap
     from asd_ray.model import ModelConfig
-    from asd_ray.score import build_references, hybrid_sum, references_from_sample, section_norm, threshold
+    from asd_ray.reference_fit import build_references, fit_sample, save_references, section_norm, threshold
+    from asd_ray.embedder import hybrid_sum
     from asd_ray.references import section_clips
 
     infos = [bundle.BundleInfo(method=method, model=ModelConfig(**TINY_MODEL), labels=LabelMap(classes=["a", "b"]),
                                n_subclusters=1, sample_rate=16000, clip_samples=16000)
              for method in ("scadacos", "autoencoder", "framestats")]
-    cfg = ScoreConfig(companions=False, add_bundles=["ae", "framestats"], weights=[0.5, 1.0, 2.0])
+    cfg = ScoreConfig(companions=False, add_bundles=["ae", "framestats"], weights=[0.5, 1.0, 2.0],
+                      references_to=str(tmp_path / "refs.npz"))
     rng = np.random.default_rng(3)
 
     def sample(lone_target: tuple[str, str] | None = None) -> tuple[SampleChunks, list[dict]]:
@@ -339,12 +347,16 @@ def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
 
     clips, groups = sample()
     seen = {g: len(v) for g, v in groups[0].items()}
-    refs = references_from_sample(cfg, infos, clips, seen)
+    fitted = fit_sample(cfg, infos, clips, seen)
+    assert all(isinstance(r, ray.ObjectRef) for refs in fitted.sections.values() for r in refs)  # not the driver's
+    save_references(cfg, infos, fitted)
+    assert sorted(os.listdir(tmp_path)) == ["refs-1.npz", "refs-2.npz", "refs.npz"]  # whole files, no temporaries
+    refs = [References.from_bytes(storage.read_bytes(url)) for url in cfg.references_urls()]
     whole = [build_references(cfg, info, groups[k]) for k, info in enumerate(infos)]
     keys = sorted(whole[0].vectors)
-    assert len(keys) == 4 and sorted(refs[0].thresholds) == keys
+    assert len(keys) == 4 and sorted(refs[0].thresholds) == keys and sorted(fitted.summaries) == keys
     for got, want in zip(refs, whole):
-        for field in ("vectors", "domains", "scales", "origins", "precisions", "held_out", "standard"):
+        for field in ("vectors", "domains", "scales", "precisions", "standard"):
             if getattr(want, field) is None:
                 assert getattr(got, field) is None, field
                 continue
@@ -361,11 +373,23 @@ def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local):
         np.testing.assert_allclose(refs[0].meta["norms"]["|".join(key)], norms, rtol=1e-6)
         assert refs[0].thresholds[key] == pytest.approx(threshold(hybrid_sum(per_model, norms, cfg.weights), 90.0,
                                                                   normal=True, key=key), rel=1e-6)
+        section = References.from_bytes(ray.get(fitted.sections[key][0]))  # what a scoring actor loads
+        assert section.meta["norms"] == {"|".join(key): refs[0].meta["norms"]["|".join(key)]}  # its own only
+        assert section.thresholds == {key: refs[0].thresholds[key]}
     assert refs[0].meta["weights"] == [0.5, 1.0, 2.0]
-    assert refs[0].meta["kept"] == {"|".join(g): n for g, n in sorted(seen.items())}
+    assert [r.meta["method"] for r in refs] == ["knn", "mahalanobis", "framestats"]
+    assert refs[0].meta["kept"] == {"|".join(g): n for g, n in sorted(seen.items())} == refs[2].meta["clips"]
+    odd = knn_references({(*keys[-1], d): np.eye(3, dtype=np.float32)[i:i + 2] for i, d in enumerate(("source",
+                                                                                                 "target"))})
+    odd_fit = fitted._replace(sections={**fitted.sections, keys[-1]: [ray.put(odd.to_bytes()),
+                                                                      *fitted.sections[keys[-1]][1:]]})
+    bad = cfg.model_copy(update={"references_to": str(tmp_path / "bad" / "refs.npz")})
+    with pytest.raises(ValueError, match=r"pump section 01: vectors rows of shape \(3,\), the sections before \(8,\)"):
+        save_references(bad, infos, odd_fit)
+    assert os.listdir(tmp_path / "bad") == []  # nothing half-written
 
     with pytest.raises(ValueError, match="at least 2 .* pump section 01 target has 1") as refused:
-        references_from_sample(cfg, infos, sample(lone_target=("pump", "01"))[0], seen)
+        fit_sample(cfg, infos, sample(lone_target=("pump", "01"))[0], seen)
     assert not isinstance(refused.value, ray.exceptions.RayTaskError)  # the job's own message, not a task's traceback
 
 

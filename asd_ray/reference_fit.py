@@ -1,0 +1,165 @@
+"""``asd-ray score``'s fit: each section's references, hybrid norms and decision threshold from the
+embedded sample of its normal training clips (``reference_sample.py``), in a Ray task per section.
+
+A section's fitted references stay in the object store, one object per section and model, owned
+by the driver, which keeps only the small per-section results (norms, threshold, clips kept): the
+scoring actors load the sections they need from there (``Embedder``), and ``save_references``
+writes each model's ``references.npz`` from them one section at a time. So the driver's memory
+grows with neither the sample nor the number of sections' vectors (``knn`` references are the
+sample itself).
+
+Hybrid score: each model's score is standardised per machine and section by the mean and standard
+deviation of its training clips' scores (out of sample: leave-one-out where they are references,
+held out of the Gaussians and the alarms' means). Thresholds: a normal distribution fitted to the
+summed training scores (a single model: a gamma distribution, as the DCASE baseline does), at
+``decision_percentile``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import ray
+from scipy import stats
+
+from asd_ray import bundle, storage
+from asd_ray.cluster import as_completed
+from asd_ray.embedder import hybrid_sum
+from asd_ray.reference_sample import SampleChunks, gather
+from asd_ray.references import (Groups, References, alarm_references, centroid_references, check_finite,
+                                kmeans_references, knn_references, mahalanobis_references, reconstruction_references,
+                                section_clips, write_sections)
+
+if TYPE_CHECKING:
+    from asd_ray.score import ScoreConfig
+
+Key = tuple[str, str]  # (machine, section)
+
+
+class FittedSection(NamedTuple):
+    """What the driver keeps of a fitted section (its references stay in the object store)."""
+    norms: list[tuple[float, float]] | None  # each model's normaliser in the hybrid (None: one model)
+    threshold: float
+    kept: dict[tuple[str, str, str], int]  # clips in the sample per group
+
+
+class Fitted(NamedTuple):
+    sections: dict[Key, list[ray.ObjectRef]]  # per section, each model's References as bytes
+    summaries: dict[Key, FittedSection]
+    seen: dict[tuple[str, str, str], int]  # normal training clips per group, sampled or not
+
+
+def build_references(cfg: ScoreConfig, info: bundle.BundleInfo, groups: Groups) -> References:
+    if info.method == "autoencoder":
+        if cfg.autoencoder_score == "mahalanobis":
+            return mahalanobis_references(groups, pooled=cfg.autoencoder_covariance == "pooled")
+        check_finite(groups, "autoencoder references")  # no vectors: the reconstruction error is the score
+        return reconstruction_references({(m, s) for m, s, _ in groups})
+    if info.method == "framestats":
+        return knn_references(groups, standardise=True)
+    if info.method == "tonal":
+        return alarm_references(groups)
+    if cfg.references == "centroid":
+        return centroid_references(groups)
+    if cfg.references == "kmeans":
+        return kmeans_references(groups, cfg.kmeans_clusters)
+    return knn_references(groups)
+
+
+def method_name(cfg: ScoreConfig, info: bundle.BundleInfo) -> str:
+    if info.method == "autoencoder":
+        return "reconstruction" if cfg.autoencoder_score == "mse" else "mahalanobis"
+    if info.method == "framestats":
+        return "framestats"
+    if info.method == "tonal":
+        return "alarm"
+    return cfg.references
+
+
+def fit_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleChunks,
+               seen: dict[tuple[str, str, str], int]) -> Fitted:
+    """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
+    (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
+    as many at once as it has CPUs, each handed only its own section's chunks; in section order."""
+    weights, sections = cfg.model_weights(), {}
+
+    def start(key: Key) -> ray.ObjectRef:
+        summary, *sections[key] = fit_section.options(num_returns=1 + len(infos)).remote(
+            cfg, infos, key, chunks.refs[key], weights)
+        return summary
+
+    summaries = dict(as_completed((key, partial(start, key)) for key in chunks.sections()))
+    return Fitted({key: sections[key] for key in chunks.sections()},
+                  {key: summaries[key] for key in chunks.sections()}, dict(seen))
+
+
+@ray.remote(num_cpus=1)
+def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, chunks: list,
+                weights: list[float]) -> tuple:
+    """One section's references per model from its chunks of the sample, and its decision threshold
+    from the training clips' own scores, out of sample; with added models, each model's norm and
+    the threshold of the sum. Returns the ``FittedSection``, then each model's references as bytes
+    (as a scoring actor loads them)."""
+    groups, kept = gather(key, chunks, len(infos), cfg.max_references)  # fresh arrays, writable
+    refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
+    per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
+    for r, info in zip(refs, infos):
+        r.meta = {"method": method_name(cfg, info)}
+    if len(refs) == 1:
+        fitted = FittedSection(None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key), kept)
+    else:
+        norms = [section_norm(x) for x in per_model]
+        fitted = FittedSection(norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile,
+                                                normal=True, key=key), kept)
+        refs[0].meta.update(norms={"|".join(key): norms}, weights=weights)
+    refs[0].thresholds = {key: fitted.threshold}
+    return fitted, *(r.to_bytes() for r in refs)
+
+
+def section_norm(training_scores: np.ndarray) -> tuple[float, float]:
+    """A detector's normaliser for one section in the hybrid: the mean and standard deviation of its
+    training clips' (out-of-sample) scores, over the finite ones (a lone clip's Gaussian score is inf)."""
+    finite = training_scores[np.isfinite(training_scores)]
+    return float(np.mean(finite)), float(np.std(finite) + 1e-12)
+
+
+def threshold(scores: np.ndarray, percentile: float, normal: bool, key: Key) -> float:
+    """The ``percentile`` of a distribution fitted to normal training scores: a gamma (the DCASE
+    baseline's), or a normal one for sums of standardised scores, which can be negative."""
+    scores = scores[np.isfinite(scores)]
+    if len(scores) < 2:
+        raise ValueError(f"{key[0]} section {key[1]}: a decision threshold needs at least 2 normal training "
+                         f"clips that are not the only reference of their own; found {len(scores)}")
+    if normal:
+        return float(stats.norm.ppf(percentile / 100, *stats.norm.fit(scores)))
+    shape, loc, scale = stats.gamma.fit(np.maximum(scores, 1e-9))
+    return float(stats.gamma.ppf(percentile / 100, shape, loc=loc, scale=scale))
+
+
+def file_meta(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) -> list[dict]:
+    """Each model's ``references.npz`` meta: what it was fitted on and how; the main model's also
+    every section's norms and the weights of the hybrid."""
+    kept = {g: n for s in fitted.summaries.values() for g, n in s.kept.items()}
+    metas = []
+    for info, url in zip(infos, cfg.bundles):
+        meta = {"data": cfg.fit_data or cfg.data, "method": method_name(cfg, info), "bundle": url,
+                "clips": {"|".join(g): n for g, n in sorted(fitted.seen.items())},
+                "kept": {"|".join(g): n for g, n in sorted(kept.items())}}
+        if meta["method"] == "mahalanobis":
+            meta["covariance"] = cfg.autoencoder_covariance
+        metas.append(meta)
+    if len(infos) > 1:
+        metas[0].update(norms={"|".join(k): s.norms for k, s in fitted.summaries.items()},
+                        weights=cfg.model_weights())
+    return metas
+
+
+def save_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) -> None:
+    """Each model's references file (``cfg.references_urls()``), whole or absent, written from the
+    object store one section at a time."""
+    for k, (meta, url) in enumerate(zip(file_meta(cfg, infos, fitted), cfg.references_urls())):
+        parts = (References.from_bytes(ray.get(fitted.sections[key][k])) for key in sorted(fitted.sections))
+        with storage.open_atomic(url, cfg.storage) as out:
+            write_sections(out, parts, meta)
