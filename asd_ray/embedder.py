@@ -1,8 +1,9 @@
 """The scoring actor: every model of a job loaded once per actor, waveform batches in; vectors out
 (to fit references) or, given the fitted references, scores and decisions out.
 
-Kept apart from ``score.py`` (the driver's side: references, thresholds, outputs) so that an
-actor imports only what it runs: torch and the models, not scipy's or scikit-learn's fitting code.
+Kept apart from ``score.py`` (the driver's side: the pipeline, outputs) and ``reference_fit.py``
+(the fitting tasks: references, thresholds) so that an actor imports only what it runs: torch and
+the models, not scipy's or scikit-learn's fitting code.
 """
 
 from __future__ import annotations

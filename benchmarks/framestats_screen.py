@@ -20,7 +20,7 @@ from asd_ray import schema, shards, storage
 from asd_ray.config import load_config
 from asd_ray.framestats import FrameStats, FrameStatsConfig
 from asd_ray.references import References, group_embeddings, knn_references, section_clips
-from asd_ray.score import section_norm
+from asd_ray.reference_fit import section_norm
 
 from hybrid_rules import evaluate, standardised
 

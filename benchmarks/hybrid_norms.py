@@ -29,7 +29,7 @@ from asd_ray.references import (References, alarm_references, alarms, cross_fitt
                                 knn_references, leave_one_out_rises, mahalanobis, mahalanobis_references, nearest,
                                 section_clips)
 from asd_ray.embedder import Embedder, embedding_column
-from asd_ray.score import section_norm
+from asd_ray.reference_fit import section_norm
 
 from framestats_screen import official, suite
 

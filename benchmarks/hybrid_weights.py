@@ -29,7 +29,7 @@ import numpy as np
 
 from asd_ray import storage
 from asd_ray.references import group_embeddings, section_clips
-from asd_ray.score import section_norm
+from asd_ray.reference_fit import section_norm
 
 from framestats_screen import official, suite
 from hybrid_norms import DETECTORS, embeddings

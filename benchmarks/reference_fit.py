@@ -122,7 +122,8 @@ def main() -> None:
     for sections in map(int, a.sections.split(",")):
         for n in map(int, a.sizes.split(",")):
             seconds, mib, heap, task_mib, kept = fit(n, a.max_references, a.detector, a.covariance, sections)
-            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {heap:.0f} | {task_mib:.0f} |", flush=True)
+            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {heap:.0f} | {task_mib:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,25 @@ def test_gpu_check_names_its_steps_and_runs_only_those_asked(tmp_path):
             if word.endswith(".py"):
                 assert (ROOT / word).exists(), f"{command}: {word} does not exist"
     assert [line.split()[3] for line in dry(GPU_CHECK_ONLY="score train-input")] == ["score", "train-input"]
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "jobs"])
+def test_benchmarks_and_jobs_import_only_what_asd_ray_has(folder):
+    """Scripts that no other test runs still name only modules and names that exist (a function
+    moved to another module breaks a benchmark only when someone next runs it)."""
+    import ast
+    import importlib.util
+
+    missing = []
+    for path in sorted((ROOT / folder).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asd_ray"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)
+                            and not (hasattr(module, "__path__")  # a package's submodule
+                                     and importlib.util.find_spec(f"{node.module}.{a.name}"))]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("asd_ray") and importlib.util.find_spec(a.name) is None:
+                        missing.append(f"{path.name}: {a.name}")
+    assert not missing
