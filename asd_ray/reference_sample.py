@@ -150,12 +150,12 @@ class SampleChunks:
         return sorted(self.refs)
 
 
-def gather(key: tuple[str, str], chunks: list, models: int, limit: int, seed: int = 0
+def gather(key: tuple[str, str], chunks: list[ray.ObjectRef], models: int, limit: int, seed: int = 0
            ) -> tuple[list[Groups], dict[Group, int]]:
-    """One section's chunks (object references, or the chunks themselves) -> each model's vectors
-    per group in clip id order, at most ``limit`` a group (the smallest ranks: a clip id that comes
-    twice can pass its group's cutoff twice), and how many each group kept."""
-    parts = [ray.get(c) if isinstance(c, ray.ObjectRef) else c for c in chunks]
+    """One section's chunks -> each model's vectors per group in clip id order, at most ``limit`` a
+    group (the smallest ranks: a clip id that comes twice can pass its group's cutoff twice), and
+    how many each group kept."""
+    parts = ray.get(list(chunks))
     ids = np.concatenate([p[0] for p in parts])
     domains = np.concatenate([p[1] for p in parts])
     vectors = [np.concatenate([p[2][k] for p in parts]) for k in range(models)]

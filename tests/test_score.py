@@ -484,10 +484,11 @@ def _old_nearest(queries, vectors, scales):
     return ((1.0 - queries.astype(np.float64) @ vectors.astype(np.float64).T) / scales).min(axis=1)
 
 
-def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_nothing():
+def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_nothing(ray_local):
     """The sample per group is the ``limit`` clips of smallest rank, whatever the order and the
     parts the ranks and the embedded chunks come in; below the limit, every clip."""
     import pyarrow as pa
+    import ray
 
     from asd_ray.reference_sample import keep_sampled
 
@@ -509,7 +510,8 @@ def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_noth
         return merged.finished()
 
     def sample(limit, parts):
-        return gather(("fan", "00"), [(ids[p], domains[p], [unit[p].astype(np.float32)]) for p in parts], 1, limit)
+        return gather(("fan", "00"), [ray.put((ids[p], domains[p], [unit[p].astype(np.float32)])) for p in parts], 1,
+                      limit)
 
     whole = cutoffs(10_000, [np.arange(300)])
     assert whole.seen == {("fan", "00", "source"): 250, ("fan", "00", "target"): 50}
