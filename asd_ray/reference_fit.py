@@ -17,6 +17,9 @@ summed training scores (a single model: a gamma distribution, as the DCASE basel
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -30,7 +33,7 @@ from asd_ray.embedder import hybrid_sum
 from asd_ray.reference_sample import SampleChunks, gather
 from asd_ray.references import (Groups, References, alarm_references, centroid_references, check_finite,
                                 kmeans_references, knn_references, mahalanobis_references, reconstruction_references,
-                                section_clips, write_sections)
+                                read_sections, section_clips, write_sections)
 
 if TYPE_CHECKING:
     from asd_ray.score import ScoreConfig
@@ -140,7 +143,8 @@ def threshold(scores: np.ndarray, percentile: float, normal: bool, key: Key) -> 
 
 def file_meta(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) -> list[dict]:
     """Each model's ``references.npz`` meta: what it was fitted on and how; the main model's also
-    every section's norms and the weights of the hybrid."""
+    the fitting settings, every section's norms and the weights of the hybrid (what
+    ``check_reuse`` compares)."""
     kept = {g: n for s in fitted.summaries.values() for g, n in s.kept.items()}
     metas = []
     for info, url in zip(infos, cfg.bundles):
@@ -150,10 +154,17 @@ def file_meta(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) 
         if meta["method"] == "mahalanobis":
             meta["covariance"] = cfg.autoencoder_covariance
         metas.append(meta)
+    metas[0]["fit"] = fit_settings(cfg)
     if len(infos) > 1:
         metas[0].update(norms={"|".join(k): s.norms for k, s in fitted.summaries.items()},
                         weights=cfg.model_weights())
     return metas
+
+
+def fit_settings(cfg: ScoreConfig) -> dict:
+    """The settings besides the models and methods that change fitted references or thresholds."""
+    return {"max_references": cfg.max_references, "decision_percentile": cfg.decision_percentile,
+            **({"kmeans_clusters": cfg.kmeans_clusters} if cfg.references == "kmeans" else {})}
 
 
 def save_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) -> None:
@@ -163,3 +174,71 @@ def save_references(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fi
         parts = (References.from_bytes(ray.get(fitted.sections[key][k])) for key in sorted(fitted.sections))
         with storage.open_atomic(url, cfg.storage) as out:
             write_sections(out, parts, meta)
+
+
+def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
+    """The references an earlier job fitted and saved (``cfg.references_from``, each added model's file
+    beside it), checked against this job's models and settings, into the object store a section at
+    a time, as ``fit_sample`` leaves them: scoring new clips needs no pass over the training set."""
+    urls = cfg.references_from_urls()
+    sections, summaries, seen = {}, {}, {}
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open_saved(cfg, url, model)) for url, model in zip(urls, cfg.bundles)]
+        for key, parts in aligned_sections(urls, files):
+            meta = parts[0].meta
+            if not sections:
+                check_reuse(cfg, infos, urls, [p.meta for p in parts])
+                seen = {tuple(g.split("|")): n for g, n in meta.get("clips", {}).items()}
+            norms = meta["norms"]["|".join(key)] if len(parts) > 1 else None
+            for p, info in zip(parts, infos):  # each section's object carries its own norms only, as fitted
+                p.meta = {"method": method_name(cfg, info)}
+            if norms is not None:
+                parts[0].meta.update(norms={"|".join(key): norms}, weights=cfg.model_weights())
+            sections[key] = [ray.put(p.to_bytes()) for p in parts]
+            prefix = "|".join(key) + "|"
+            kept = {tuple(g.split("|")): n for g, n in meta.get("kept", {}).items() if g.startswith(prefix)}
+            summaries[key] = FittedSection(norms, parts[0].thresholds[key], kept)
+    if not sections:
+        raise ValueError(f"references_from: {urls[0]} holds no sections")
+    return Fitted(sections, summaries, seen)
+
+
+def open_saved(cfg: ScoreConfig, url: str, model: str):
+    fs, path = storage.fsspec_fs(url, cfg.storage)
+    if not fs.exists(path):
+        raise ValueError(f"references_from: {url} (the references of {model}) does not exist")
+    return fs.open(path, "rb")
+
+
+def aligned_sections(urls: list[str], files: list) -> Iterator[tuple[Key, list[References]]]:
+    """The files' sections side by side, one section at a time; each file must hold the same ones."""
+    for parts in itertools.zip_longest(*(read_sections(f) for f in files)):
+        if any(p is None for p in parts):
+            raise ValueError(f"references_from: {', '.join(urls)} hold different numbers of sections")
+        keys = [next(iter(p.vectors)) for p in parts]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"references_from: {', '.join(urls)} hold different sections "
+                             f"({', '.join('|'.join(k) for k in keys)})")
+        yield keys[0], list(parts)
+
+
+def check_reuse(cfg: ScoreConfig, infos: list[bundle.BundleInfo], urls: list[str], metas: list[dict]) -> None:
+    """Saved references fit this job: each file of its model and method, the main one of this
+    job's models, weights and fitting settings (where it records them)."""
+    for url, meta, model, info in zip(urls, metas, cfg.bundles, infos):
+        for field, want in (("bundle", model), ("method", method_name(cfg, info)),
+                            *((("covariance", cfg.autoencoder_covariance),) if info.method == "autoencoder"
+                              and cfg.autoencoder_score == "mahalanobis" else ())):
+            if meta.get(field) != want:
+                raise ValueError(f"references_from: {url} was fitted with {field} {meta.get(field)!r}; this job "
+                                 f"has {want!r}: fit them again (leave out references_from)")
+    main = metas[0]
+    fitted_models = len(next(iter(main["norms"].values()))) if main.get("norms") else 1
+    if fitted_models != len(infos) or (len(infos) > 1 and main.get("weights") != cfg.model_weights()):
+        raise ValueError(f"references_from: {urls[0]} was fitted for {fitted_models} model(s) with weights "
+                         f"{main.get('weights', [1.0])}; this job scores with {len(infos)} ({', '.join(cfg.bundles)}) "
+                         f"with weights {cfg.model_weights()}")
+    for field, value in main.get("fit", {}).items():
+        if fit_settings(cfg).get(field, value) != value:
+            raise ValueError(f"references_from: {urls[0]} was fitted with {field}={value}; this job has "
+                             f"{field}={fit_settings(cfg)[field]}: set it to {value}, or fit them again")

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -189,6 +189,44 @@ def _write_sections(out, parts: Iterable[References], meta: dict, rows: dict[str
         for name, spool in rows.items():
             with npz.open(f"{name}.npy", "w", force_zip64=True) as member:
                 spool.write(member)
+
+
+def read_sections(f) -> Iterator[References]:
+    """Each section's references, one at a time, from the binary file ``f`` of a file that
+    ``to_bytes`` or ``write_sections`` wrote (its ``meta`` on each): the rows of each array are read
+    as they come, so memory holds one section's, however large the file."""
+    with zipfile.ZipFile(f) as npz:
+        small = {name: np.lib.format.read_array(npz.open(f"{name}.npy"), allow_pickle=False)
+                 for name in ("groups", "sizes", "thresholds", "meta")}
+        meta = json.loads(str(small["meta"]))
+        rows = {name: _RowReader(npz.open(f"{name}.npy")) for name in ("vectors", "domains", "scales", "precisions",
+                                                                        "standard") if f"{name}.npy" in npz.namelist()}
+        for group, size, threshold in zip(small["groups"], small["sizes"], small["thresholds"]):
+            key = tuple(str(group).split("|"))
+            part = {name: r.take(1 if name == "standard" else int(size)) for name, r in rows.items()}
+            yield References({key: part["vectors"]}, {key: part["domains"]},
+                             {} if np.isnan(threshold) else {key: float(threshold)}, meta, {key: part["scales"]},
+                             precisions={key: part["precisions"]} if "precisions" in part else None,
+                             standard={key: part["standard"][0]} if "standard" in part else None)
+
+
+class _RowReader:
+    """The rows of one ``.npy`` member, read in order, a number at a time."""
+
+    def __init__(self, member):
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, self.dtype = read_header(member)
+        if fortran:
+            raise ValueError("references file: arrays in Fortran order are not written by asd_ray")
+        self.member, self.row_shape = member, shape[1:]
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+
+    def take(self, n: int) -> np.ndarray:
+        data = self.member.read(n * self.row_bytes)
+        if len(data) != n * self.row_bytes:
+            raise ValueError(f"references file: an array ends {n * self.row_bytes - len(data)} bytes early")
+        return np.frombuffer(data, self.dtype).reshape(n, *self.row_shape)
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,

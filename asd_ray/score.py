@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from asd_ray import bundle, dataset, reference_sample, storage
 from asd_ray.config import JobConfig
 from asd_ray.embedder import Embedder, embedding_column
-from asd_ray.reference_fit import Fitted, fit_sample, method_name, save_references
+from asd_ray.reference_fit import Fitted, fit_sample, load_fitted, method_name, save_references
 from asd_ray.reference_sample import RankCutoffs, SampleChunks
 from asd_ray.score_output import finish_outputs, prepare_outputs, read_scores, scores_url
 from asd_ray.storage import StorageOptions
@@ -88,7 +88,18 @@ class ScoreConfig(JobConfig, Tracked):
     rows_per_file: int = Field(100_000, ge=1, description="test clips per Parquet shard of the scores")
     references_to: str | None = Field(None, description="URL of the fitted references "
                                                         "(default: beside the model, <bundle>/references.npz)")
+    references_from: str | None = Field(None, description="URL of references an earlier job fitted with the same "
+                                        "models and settings (its references.npz; each added model's file beside it): "
+                                        "score with them, without a pass over the training clips")
     storage: StorageOptions = StorageOptions()
+
+    @model_validator(mode="after")
+    def _fit_or_reuse(self) -> ScoreConfig:
+        if self.references_from and (self.fit_data or self.references_to):
+            given = " and ".join(f for f in ("fit_data", "references_to") if getattr(self, f))
+            raise ValueError(f"references_from: the references are fitted already; {given} would fit and save them "
+                             f"again: give one or the other")
+        return self
 
     @model_validator(mode="after")
     def _one_weight_per_model(self) -> ScoreConfig:
@@ -110,7 +121,12 @@ class ScoreConfig(JobConfig, Tracked):
 
     def references_urls(self) -> list[str]:
         """The main model's references, then each added model's beside them (``references-<i>.npz``)."""
-        main = self.references_url
+        return self._beside(self.references_url)
+
+    def references_from_urls(self) -> list[str]:
+        return self._beside(self.references_from)
+
+    def _beside(self, main: str) -> list[str]:
         return [main, *(f"{main.removesuffix('.npz')}-{i}.npz" for i in range(1, len(self.bundles)))]
 
 
@@ -183,9 +199,13 @@ def run_score(cfg: ScoreConfig) -> dict:
                              f"{infos[0].sample_rate} Hz; added models must share the main model's sample rate")
     limit_buffering(cfg)
     names = " + ".join(method_name(cfg, info) for info in infos)
-    print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
-    fitted = fit_references(cfg, infos)
-    save_references(cfg, infos, fitted)
+    if cfg.references_from:
+        print(f"score: {names} references from {cfg.references_from} (fitted by an earlier job)", flush=True)
+        fitted = load_fitted(cfg, infos)
+    else:
+        print(f"score: fitting {names} references on {cfg.fit_data or cfg.data} (train, normal)", flush=True)
+        fitted = fit_references(cfg, infos)
+        save_references(cfg, infos, fitted)
     print(f"score: scoring {cfg.data} (test) with {cfg.actors} actor(s) into {scores_url(cfg.out)}", flush=True)
     prepare_outputs(cfg.out, cfg.storage)
     shipped = ship_sections(fitted.sections)

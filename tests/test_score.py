@@ -98,6 +98,48 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
         assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
 
 
+def test_references_saved_by_one_job_score_new_clips_in_another_without_the_training_set(hybrid, monkeypatch):
+    """``references_from``: a job scores with the references an earlier job fitted and saved (every
+    model's file of the hybrid), without a pass over the training clips, and gives the scores and
+    decisions of the job that fitted them; references of other models or settings are refused,
+    the file and what differs named."""
+    from asd_ray import score
+
+    main = hybrid["bundle"]
+    fit = ScoreConfig(bundle=main, data=f"{B}/fan-only", out=f"{B}/out-fit", batch_size=8,
+                      references_to=f"{B}/out-fit/refs.npz")
+    run_score(fit)
+
+    def no_training_pass(*args, **kwargs):
+        raise AssertionError("the training clips were read")
+
+    monkeypatch.setattr(score, "sample_training_clips", no_training_pass)
+    reuse = ScoreConfig(bundle=main, data=f"{B}/fan-only", out=f"{B}/out-reuse", batch_size=8,
+                        references_from=fit.references_url)
+    run_score(reuse)
+    fitted, reused = (read_scores(c.out).sort_by("clip_id") for c in (fit, reuse))
+    assert fitted.num_rows == reused.num_rows == 24
+    assert fitted["clip_id"].to_pylist() == reused["clip_id"].to_pylist()
+    np.testing.assert_allclose(reused["score"].to_numpy(), fitted["score"].to_numpy(), rtol=1e-6)
+    assert reused["decision"].to_pylist() == fitted["decision"].to_pylist()
+    assert not [f for f in storage.fsspec_fs(reuse.out)[0].ls(reuse.out.removeprefix("s3://")) if f.endswith(".npz")]
+
+    refused = {"companions=false": (reuse.model_copy(update={"companions": False, "out": f"{B}/out-r1"}),
+                                    "fitted for 5 model\\(s\\).* this job scores with 1"),
+               "decision_percentile": (reuse.model_copy(update={"decision_percentile": 95.0, "out": f"{B}/out-r2"}),
+                                       "fitted with decision_percentile=90.0; this job has decision_percentile=95.0"),
+               "covariance": (reuse.model_copy(update={"autoencoder_covariance": "domain", "out": f"{B}/out-r3"}),
+                              "refs-2.npz was fitted with covariance 'pooled'; this job has 'domain'"),
+               "missing": (reuse.model_copy(update={"references_from": f"{B}/nowhere/refs.npz", "out": f"{B}/out-r4"}),
+                           "nowhere/refs.npz .* does not exist")}
+    for name, (cfg, message) in refused.items():
+        with pytest.raises(ValueError, match=message):
+            run_score(cfg)
+        assert not storage.exists(f"{cfg.out}/manifest.json"), name
+    with pytest.raises(ValidationError, match="references_from: the references are fitted already; fit_data"):
+        ScoreConfig(bundle=main, fit_data=f"{B}/data", references_from=fit.references_url)
+
+
 def test_a_scoring_actor_loads_the_sections_it_needs_and_keeps_at_most_actor_sections(trained):
     """The fitted references reach the actors one object per section; an actor loads a section's
     when a batch needs it and drops the least recently used past ``actor_sections``."""
