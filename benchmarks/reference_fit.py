@@ -17,7 +17,9 @@ its 640-d error vector), a Gaussian per domain (Ledoit-Wolf) and the cross-fitte
 scores. Peak memory, sampled every 50 ms: the largest resident set of this process (the driver)
 above its size before the fit (the object store's pages it wrote, the benchmark's sample,
 included), and of any one fitting task's worker process; and the peak of the driver's own heap
-while it fits and writes the file (``tracemalloc``, numpy's arrays included).
+while it fits and writes the file (``tracemalloc``, numpy's arrays included). Then the saved file
+loaded again as a later job loads it (``references_from``, ``load_fitted``): its time and the
+driver's heap peak.
 """
 
 import argparse
@@ -35,7 +37,7 @@ from asd_ray.bundle import BundleInfo
 from asd_ray.labels import LabelMap
 from asd_ray.model import ModelConfig
 from asd_ray.reference_sample import RankCutoffs, SampleChunks, ranks
-from asd_ray.reference_fit import fit_sample, save_references
+from asd_ray.reference_fit import fit_sample, load_fitted, save_references
 from asd_ray.score import ScoreConfig
 
 
@@ -57,7 +59,7 @@ class PeakRss(threading.Thread):
 
 
 def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: str = "pooled",
-        sections: int = 1) -> tuple[float, float, float, float, int]:
+        sections: int = 1) -> tuple[float, float, float, float, int, float, float]:
     rng = np.random.default_rng(n)
     folder = tempfile.mkdtemp(prefix="reference-fit-")
     cfg = ScoreConfig(max_references=max_references, autoencoder_covariance=covariance,
@@ -99,10 +101,17 @@ def fit(n: int, max_references: int, detector: str = "dual-stream", covariance: 
     tracemalloc.stop()
     monitor.running = False
     monitor.join()
+    kept = sum(n for s in fitted.summaries.values() for n in s.kept.values())
+    del fitted, chunks
+    reuse = cfg.model_copy(update={"references_to": None, "references_from": cfg.references_to})
+    tracemalloc.start()  # a later job's load of the saved file (references_from)
+    t1 = time.time()
+    assert len(load_fitted(reuse, [info]).summaries) == sections
+    reload = time.time() - t1, tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     os.remove(cfg.references_to)
     os.rmdir(folder)
-    kept = sum(n for s in fitted.summaries.values() for n in s.kept.values())
-    return seconds, (monitor.peak - monitor.base) / 2**20, heap, monitor.task_peak / 2**20, kept
+    return seconds, (monitor.peak - monitor.base) / 2**20, heap, monitor.task_peak / 2**20, kept, *reload
 
 
 def main() -> None:
@@ -117,13 +126,15 @@ def main() -> None:
     ray.get(ray.remote(lambda: None).remote())  # a worker started before the first timing
     print(f"{ray.cluster_resources()['CPU']:.0f} CPUs")
     print("| sections | training embeddings per section | training clips kept | fit time (s) | driver peak above "
-          "start (MiB) | its heap's peak while fitting and writing (MiB) | a fitting task's peak (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+          "start (MiB) | its heap's peak while fitting and writing (MiB) | a fitting task's peak (MiB) | "
+          "reloading the file: time (s) | its heap's peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for sections in map(int, a.sections.split(",")):
         for n in map(int, a.sizes.split(",")):
-            seconds, mib, heap, task_mib, kept = fit(n, a.max_references, a.detector, a.covariance, sections)
-            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {heap:.0f} | {task_mib:.0f} |",
-                  flush=True)
+            seconds, mib, heap, task_mib, kept, reload_s, reload_mib = fit(n, a.max_references, a.detector,
+                                                                           a.covariance, sections)
+            print(f"| {sections} | {n:,} | {kept:,} | {seconds:.1f} | {mib:.0f} | {heap:.0f} | {task_mib:.0f} | "
+                  f"{reload_s:.1f} | {reload_mib:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
