@@ -113,7 +113,7 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
                domain: Filter = None, num_samples: int = 160_000, crop: str = "start",
                sample_rate: int | None = None, pcm16: bool = False, read_tasks: int | None = None,
                row_filter: Callable[[pa.Table], pa.Table] | None = None,
-               options: StorageOptions | None = None) -> ray.data.Dataset:
+               options: StorageOptions | None = None, shard_urls: list[str] | None = None) -> ray.data.Dataset:
     """A Ray Dataset of the clips under ``url`` that match the filters.
 
     ``split`` and ``machine`` prune whole partition folders; ``section`` and ``domain`` filter
@@ -121,7 +121,8 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     ``audio`` (float32, ``num_samples`` long). With ``sample_rate``, a clip of another rate is an
     error naming it. With ``pcm16``, ``audio`` stays int16 (scale by ``schema.PCM16_FULL_SCALE``).
     ``row_filter`` (a picklable function of a table of raw rows) drops rows before their audio is
-    decoded (the reference sample: ``reference_sample.keep_sampled``).
+    decoded (the reference sample: ``reference_sample.keep_sampled``). ``shard_urls``: the shards,
+    listed and checked already (``checked_shards``), so that two passes read the same ones.
 
     One read task per shard, streaming it in batches of ``READ_ROWS`` clips: a read worker's memory
     is one batch's, whatever the shard and dataset sizes (Ray Data's Parquet reader hands a task
@@ -129,7 +130,7 @@ def read_clips(url: str, *, split: Filter = None, machine: Filter = None, sectio
     With ``read_tasks``, at most that many run at once and they reserve no CPU: a pipeline whose
     actors hold every CPU still reads (Ray Data would otherwise wait for a free CPU forever).
     """
-    urls = checked_shards(url, split, machine, options)
+    urls = shard_urls if shard_urls is not None else checked_shards(url, split, machine, options)
     kwargs = {"num_samples": num_samples, "crop": crop, "sample_rate": sample_rate, "pcm16": pcm16,
               "filters": {k: [v] if isinstance(v, str) else list(v)
                           for k, v in (("section", section), ("domain", domain)) if v is not None},

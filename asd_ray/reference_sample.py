@@ -103,13 +103,14 @@ def shard_ranks(url: str, limit: int, seed: int, options: StorageOptions | None)
     return part.finished()
 
 
-def training_cutoffs(url: str, split: str, machine: list[str] | None, limit: int, seed: int = 0,
+def training_cutoffs(shard_urls: list[str], limit: int, seed: int = 0,
                      options: StorageOptions | None = None) -> RankCutoffs:
-    """The sample's cutoffs over every matching shard: a task per shard, at most as many at once as
-    the cluster has CPUs, merged as they finish."""
+    """The sample's cutoffs over the shards (``dataset.checked_shards``; the embedding pass reads the
+    same list): a task per shard, at most as many at once as the cluster has CPUs, merged as they
+    finish."""
     merged = RankCutoffs(limit)
     for _, part in as_completed((shard, functools.partial(shard_ranks.remote, shard, limit, seed, options))
-                                for shard in dataset.checked_shards(url, split, machine, options)):
+                                for shard in shard_urls):
         merged.merge(part)
     return merged.finished()
 

@@ -131,11 +131,11 @@ class ScoreConfig(JobConfig, Tracked):
 
 
 def embed(cfg: ScoreConfig, info: bundle.BundleInfo, url: str, split: str,
-          references: ray.ObjectRef | None = None,
-          row_filter: Callable[[pa.Table], pa.Table] | None = None) -> ray.data.Dataset:
+          references: ray.ObjectRef | None = None, row_filter: Callable[[pa.Table], pa.Table] | None = None,
+          shard_urls: list[str] | None = None) -> ray.data.Dataset:
     ds = dataset.read_clips(url, split=split, machine=cfg.machines, num_samples=info.clip_samples,
                             sample_rate=info.sample_rate, pcm16=True, read_tasks=2 * cfg.actors,
-                            row_filter=row_filter, options=cfg.storage)
+                            row_filter=row_filter, options=cfg.storage, shard_urls=shard_urls)
     return ds.map_batches(Embedder, fn_constructor_kwargs={"bundle_urls": cfg.bundles,
                                                            "options": cfg.storage.model_dump(),
                                                            "use_gpu": cfg.use_gpu, "references": references,
@@ -163,13 +163,14 @@ def sample_training_clips(cfg: ScoreConfig, info: bundle.BundleInfo, models: int
                           ) -> tuple[SampleChunks, RankCutoffs]:
     """The bounded sample of normal training clips, embedded into the object store by the actors."""
     source = cfg.fit_data or cfg.data
-    cutoffs = reference_sample.training_cutoffs(source, "train", cfg.machines, cfg.max_references,
-                                                options=cfg.storage)
+    shard_urls = dataset.checked_shards(source, "train", cfg.machines, cfg.storage)  # one list for both passes
+    cutoffs = reference_sample.training_cutoffs(shard_urls, cfg.max_references, options=cfg.storage)
     if not cutoffs.seen:
         raise ValueError(f"{source}: no normal training clips to fit references on")
     chunks, columns = SampleChunks(), [embedding_column(k) for k in range(models)]
-    for batch in embed(cfg, info, source, "train", row_filter=reference_sample.sample_filter(cutoffs)).iter_batches(
-            batch_size=1024, batch_format="numpy"):
+    sample = embed(cfg, info, source, "train", row_filter=reference_sample.sample_filter(cutoffs),
+                   shard_urls=shard_urls)
+    for batch in sample.iter_batches(batch_size=1024, batch_format="numpy"):
         chunks.add_batch(batch, columns)
     return chunks, cutoffs
 

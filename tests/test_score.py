@@ -590,10 +590,19 @@ def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_noth
     assert len(knn_references(groups[0]).vectors[("fan", "00")]) == 114
 
 
-def test_max_references_bounds_what_a_scoring_job_keeps(trained):
+def test_max_references_bounds_what_a_scoring_job_keeps(trained, monkeypatch):
     cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-max", max_references=5,
                       references_to=f"{B}/out-max/refs.npz")
+    listed, checked_shards = [], dataset.checked_shards
+
+    def listing(url, split, *args):
+        listed.append(split)
+        return checked_shards(url, split, *args)
+
+    monkeypatch.setattr(dataset, "checked_shards", listing)
     assert run_score(cfg)["scored"] == 48
+    assert listed == ["train", "test"]  # the sample's two passes over the training shards share one listing
+    monkeypatch.undo()
     meta = References.from_bytes(storage.read_bytes(cfg.references_url)).meta
     assert meta["clips"]["fan|00|source"] == 24 and meta["kept"]["fan|00|source"] == 5
     assert meta["kept"]["fan|00|target"] == 4  # fewer than the bound: all
@@ -602,7 +611,7 @@ def test_max_references_bounds_what_a_scoring_job_keeps(trained):
     # the sample is chosen before reading audio: the reader hands the actors the kept clips only
     from asd_ray.reference_sample import sample_filter
 
-    cutoffs = training_cutoffs(f"{B}/data", "train", ["fan"], 5)
+    cutoffs = training_cutoffs(dataset.checked_shards(f"{B}/data", "train", ["fan"], None), 5)
     assert {"|".join(g): n for g, n in cutoffs.seen.items()} == {k: v for k, v in meta["clips"].items()
                                                                   if k.startswith("fan|")}
     read = dataset.read_clips(f"{B}/data", split="train", machine="fan", num_samples=160,
