@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -31,15 +32,12 @@ from asd_ray import bundle, storage
 from asd_ray.cluster import as_completed
 from asd_ray.embedder import hybrid_sum
 from asd_ray.reference_sample import SampleChunks, gather
-from asd_ray.references import (Groups, References, alarm_references, centroid_references, check_finite,
+from asd_ray.references import (Groups, Key, References, alarm_references, centroid_references, check_finite,
                                 kmeans_references, knn_references, mahalanobis_references, reconstruction_references,
                                 read_sections, section_clips, write_sections)
 
 if TYPE_CHECKING:
     from asd_ray.score import ScoreConfig
-
-Key = tuple[str, str]  # (machine, section)
-
 
 class FittedSection(NamedTuple):
     """What the driver keeps of a fitted section (its references stay in the object store)."""
@@ -86,11 +84,11 @@ def fit_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleC
     """``fit_section`` for every (machine, section) of the sample, as Ray tasks on the cluster's CPUs
     (a section at cap size takes seconds: Ledoit-Wolf refits, leave-one-out neighbours), at most
     as many at once as it has CPUs, each handed only its own section's chunks; in section order."""
-    weights, sections = cfg.model_weights(), {}
+    sections = {}
 
     def start(key: Key) -> ray.ObjectRef:
         summary, *sections[key] = fit_section.options(num_returns=1 + len(infos)).remote(
-            cfg, infos, key, chunks.refs[key], weights)
+            cfg, infos, key, chunks.refs[key])
         return summary
 
     summaries = dict(as_completed((key, partial(start, key)) for key in chunks.sections()))
@@ -99,8 +97,7 @@ def fit_sample(cfg: ScoreConfig, infos: list[bundle.BundleInfo], chunks: SampleC
 
 
 @ray.remote(num_cpus=1)
-def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, chunks: list,
-                weights: list[float]) -> tuple:
+def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, chunks: list) -> tuple:
     """One section's references per model from its chunks of the sample, and its decision threshold
     from the training clips' own scores, out of sample; with added models, each model's norm and
     the threshold of the sum. Returns the ``FittedSection``, then each model's references as bytes
@@ -108,17 +105,26 @@ def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, chun
     groups, kept = gather(key, chunks, len(infos), cfg.max_references)  # fresh arrays, writable
     refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
     per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
-    for r, info in zip(refs, infos):
-        r.meta = {"method": method_name(cfg, info)}
     if len(refs) == 1:
         fitted = FittedSection(None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key), kept)
     else:
         norms = [section_norm(x) for x in per_model]
-        fitted = FittedSection(norms, threshold(hybrid_sum(per_model, norms, weights), cfg.decision_percentile,
-                                                normal=True, key=key), kept)
-        refs[0].meta.update(norms={"|".join(key): norms}, weights=weights)
+        summed = hybrid_sum(per_model, norms, cfg.model_weights())
+        fitted = FittedSection(norms, threshold(summed, cfg.decision_percentile, normal=True, key=key), kept)
+    return fitted, *as_loaded(cfg, infos, key, refs, fitted)
+
+
+def as_loaded(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, refs: list[References],
+              fitted: FittedSection) -> list[bytes]:
+    """Each model's references of section ``key`` as a scoring actor loads them (``Embedder``): its
+    method, and on the main model's the section's threshold, and its norms and the hybrid's
+    weights, nothing of other sections."""
+    for r, info in zip(refs, infos):
+        r.meta = {"method": method_name(cfg, info)}
+    if fitted.norms is not None:
+        refs[0].meta.update(norms={"|".join(key): fitted.norms}, weights=cfg.model_weights())
     refs[0].thresholds = {key: fitted.threshold}
-    return fitted, *(r.to_bytes() for r in refs)
+    return [r.to_bytes() for r in refs]
 
 
 def section_norm(training_scores: np.ndarray) -> tuple[float, float]:
@@ -181,7 +187,7 @@ def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
     beside it), checked against this job's models and settings, into the object store a section at
     a time, as ``fit_sample`` leaves them: scoring new clips needs no pass over the training set."""
     urls = cfg.references_from_urls()
-    sections, summaries, seen = {}, {}, {}
+    sections, summaries, seen, kept = {}, {}, {}, defaultdict(dict)
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open_saved(cfg, url, model)) for url, model in zip(urls, cfg.bundles)]
         for key, parts in aligned_sections(urls, files):
@@ -189,15 +195,11 @@ def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
             if not sections:
                 check_reuse(cfg, infos, urls, [p.meta for p in parts])
                 seen = {tuple(g.split("|")): n for g, n in meta.get("clips", {}).items()}
+                for group, n in meta.get("kept", {}).items():
+                    kept[tuple(group.split("|")[:2])][tuple(group.split("|"))] = n
             norms = meta["norms"]["|".join(key)] if len(parts) > 1 else None
-            for p, info in zip(parts, infos):  # each section's object carries its own norms only, as fitted
-                p.meta = {"method": method_name(cfg, info)}
-            if norms is not None:
-                parts[0].meta.update(norms={"|".join(key): norms}, weights=cfg.model_weights())
-            sections[key] = [ray.put(p.to_bytes()) for p in parts]
-            prefix = "|".join(key) + "|"
-            kept = {tuple(g.split("|")): n for g, n in meta.get("kept", {}).items() if g.startswith(prefix)}
-            summaries[key] = FittedSection(norms, parts[0].thresholds[key], kept)
+            summaries[key] = FittedSection(norms, parts[0].thresholds[key], kept[key])
+            sections[key] = [ray.put(b) for b in as_loaded(cfg, infos, key, parts, summaries[key])]
     if not sections:
         raise ValueError(f"references_from: {urls[0]} holds no sections")
     return Fitted(sections, summaries, seen)
