@@ -95,9 +95,10 @@ Filter = str | Iterable[str] | None
 
 
 def count_clips(url: str, *, split: Filter = None, machine: Filter = None,
-                options: StorageOptions | None = None) -> int:
-    """How many clips the matching shards hold, from their footers."""
-    return sum(g.rows for g in row_groups(shards.list_shards(url, split, machine, options), options))
+                options: StorageOptions | None = None, shard_urls: list[str] | None = None) -> int:
+    """How many clips the matching shards hold (or ``shard_urls``, listed already), from their footers."""
+    urls = shard_urls if shard_urls is not None else shards.list_shards(url, split, machine, options)
+    return sum(g.rows for g in row_groups(urls, options))
 
 
 def checked_shards(url: str, split: Filter, machine: Filter, options: StorageOptions | None) -> list[str]:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 import ray
@@ -188,9 +188,9 @@ def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
     a time, as ``fit_sample`` leaves them: scoring new clips needs no pass over the training set."""
     urls = cfg.references_from_urls()
     sections, summaries, seen, kept = {}, {}, {}, defaultdict(dict)
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open_saved(cfg, url, model)) for url, model in zip(urls, cfg.bundles)]
-        for key, parts in aligned_sections(urls, files):
+    openers = [open_saved(cfg, url, model) for url, model in zip(urls, cfg.bundles)]
+    with contextlib.closing(aligned_sections(urls, openers)) as aligned:
+        for key, parts in aligned:
             meta = parts[0].meta
             if not sections:
                 check_reuse(cfg, infos, urls, [p.meta for p in parts])
@@ -205,23 +205,27 @@ def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
     return Fitted(sections, summaries, seen)
 
 
-def open_saved(cfg: ScoreConfig, url: str, model: str):
+def open_saved(cfg: ScoreConfig, url: str, model: str) -> Callable[[], BinaryIO]:
+    """How to open a saved references file for reading (``read_sections`` opens it once per array)."""
     fs, path = storage.fsspec_fs(url, cfg.storage)
     if not fs.exists(path):
         raise ValueError(f"references_from: {url} (the references of {model}) does not exist")
-    return fs.open(path, "rb")
+    return partial(fs.open, path, "rb")
 
 
-def aligned_sections(urls: list[str], files: list) -> Iterator[tuple[Key, list[References]]]:
+def aligned_sections(urls: list[str], openers: list[Callable[[], BinaryIO]]
+                     ) -> Iterator[tuple[Key, list[References]]]:
     """The files' sections side by side, one section at a time; each file must hold the same ones."""
-    for parts in itertools.zip_longest(*(read_sections(f) for f in files)):
-        if any(p is None for p in parts):
-            raise ValueError(f"references_from: {', '.join(urls)} hold different numbers of sections")
-        keys = [next(iter(p.vectors)) for p in parts]
-        if any(k != keys[0] for k in keys):
-            raise ValueError(f"references_from: {', '.join(urls)} hold different sections "
-                             f"({', '.join('|'.join(k) for k in keys)})")
-        yield keys[0], list(parts)
+    with contextlib.ExitStack() as readers:
+        files = [readers.enter_context(contextlib.closing(read_sections(o))) for o in openers]
+        for parts in itertools.zip_longest(*files):
+            if any(p is None for p in parts):
+                raise ValueError(f"references_from: {', '.join(urls)} hold different numbers of sections")
+            keys = [next(iter(p.vectors)) for p in parts]
+            if any(k != keys[0] for k in keys):
+                raise ValueError(f"references_from: {', '.join(urls)} hold different sections "
+                                 f"({', '.join('|'.join(k) for k in keys)})")
+            yield keys[0], list(parts)
 
 
 def check_reuse(cfg: ScoreConfig, infos: list[bundle.BundleInfo], urls: list[str], metas: list[dict]) -> None:

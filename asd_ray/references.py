@@ -20,13 +20,15 @@ x references, never references x references.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
 import tempfile
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -99,16 +101,15 @@ class References:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "References":
-        z = np.load(io.BytesIO(data), allow_pickle=False)
-        keys = [tuple(g.split("|")) for g in z["groups"]]
-        bounds = list(zip(keys, *(lambda b: (b[:-1], b[1:]))(np.cumsum([0, *z["sizes"]]))))
-
-        def split(name):
-            return {k: z[name][a:b] for k, a, b in bounds}
-        return cls(split("vectors"), split("domains"), {k: float(t) for k, t in zip(keys, z["thresholds"])},
-                   json.loads(str(z["meta"])), split("scales"),
-                   precisions=split("precisions") if "precisions" in z else None,
-                   standard=dict(zip(keys, z["standard"])) if "standard" in z else None)
+        """A whole file, every section (``read_sections`` reads one at a time)."""
+        refs = cls({}, {}, {})
+        for part in read_sections(lambda: io.BytesIO(data)):
+            refs.meta = part.meta
+            for name in ("vectors", "domains", "thresholds", "scales", "precisions", "standard"):
+                if getattr(part, name) is not None:
+                    setattr(refs, name, {**(getattr(refs, name) or {}), **getattr(part, name)})
+        refs.origins = {k: np.full(len(v), -1) for k, v in refs.vectors.items()}
+        return refs
 
 
 def section_arrays(refs: References, key: Key) -> dict[str, np.ndarray]:
@@ -191,16 +192,22 @@ def _write_sections(out, parts: Iterable[References], meta: dict, rows: dict[str
                 spool.write(member)
 
 
-def read_sections(f) -> Iterator[References]:
-    """Each section's references, one at a time, from the binary file ``f`` of a file that
-    ``to_bytes`` or ``write_sections`` wrote (its ``meta`` on each): the rows of each array are read
-    as they come, so memory holds one section's, however large the file."""
-    with zipfile.ZipFile(f) as npz:
+def read_sections(open_file: Callable[[], BinaryIO]) -> Iterator[References]:
+    """Each section's references, one at a time, from a file that ``to_bytes`` or ``write_sections``
+    wrote (its ``meta`` on each): the rows of each array are read as they come, so memory holds one
+    section's, however large the file.
+
+    ``open_file()`` opens the file for reading; each array is read through a file of its own, so
+    that every stream reads in order. Through one shared file the reads would jump between the
+    arrays at every section, and on object storage each jump refetches a read-ahead block (s3fs:
+    50 MB): 32 sections of 10,000 references, a 322 MiB file, fetched 1,915 MiB that way."""
+    with contextlib.ExitStack() as opened:
+        npz = zipfile.ZipFile(opened.enter_context(open_file()))
         small = {name: np.lib.format.read_array(npz.open(f"{name}.npy"), allow_pickle=False)
                  for name in ("groups", "sizes", "thresholds", "meta")}
         meta = json.loads(str(small["meta"]))
-        rows = {name: _RowReader(npz.open(f"{name}.npy")) for name in ("vectors", "domains", "scales", "precisions",
-                                                                        "standard") if f"{name}.npy" in npz.namelist()}
+        arrays = [n for n in ("vectors", "domains", "scales", "precisions", "standard") if f"{n}.npy" in npz.namelist()]
+        rows = {n: _RowReader(zipfile.ZipFile(opened.enter_context(open_file())).open(f"{n}.npy")) for n in arrays}
         for group, size, threshold in zip(small["groups"], small["sizes"], small["thresholds"]):
             key = tuple(str(group).split("|"))
             part = {name: r.take(1 if name == "standard" else int(size)) for name, r in rows.items()}
@@ -226,7 +233,7 @@ class _RowReader:
         data = self.member.read(n * self.row_bytes)
         if len(data) != n * self.row_bytes:
             raise ValueError(f"references file: an array ends {n * self.row_bytes - len(data)} bytes early")
-        return np.frombuffer(data, self.dtype).reshape(n, *self.row_shape)
+        return np.frombuffer(bytearray(data), self.dtype).reshape(n, *self.row_shape)  # writable
 
 
 def nearest(queries: np.ndarray, vectors: np.ndarray, scales: np.ndarray, exclude: np.ndarray | None = None,

@@ -199,6 +199,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             raise ValueError(f"add_bundles: {url} was trained at {info.sample_rate} Hz, {cfg.bundle} at "
                              f"{infos[0].sample_rate} Hz; added models must share the main model's sample rate")
     limit_buffering(cfg)
+    test_urls = dataset.checked_shards(cfg.data, "test", cfg.machines, cfg.storage)  # read and counted: one list
     names = " + ".join(method_name(cfg, info) for info in infos)
     if cfg.references_from:
         print(f"score: {names} references from {cfg.references_from} (fitted by an earlier job)", flush=True)
@@ -211,11 +212,11 @@ def run_score(cfg: ScoreConfig) -> dict:
     prepare_outputs(cfg.out, cfg.storage)
     shipped = ship_sections(fitted.sections)
     fs, path = storage.pyarrow_fs(scores_url(cfg.out), cfg.storage)
-    embed(cfg, main, cfg.data, "test", references=shipped).write_parquet(
+    embed(cfg, main, cfg.data, "test", references=shipped, shard_urls=test_urls).write_parquet(
         path, filesystem=fs, min_rows_per_file=cfg.rows_per_file,
         ray_remote_args={"num_cpus": 0})  # a few KB of scores a batch; the actors may hold every CPU
-    return finish_outputs(cfg.out, cfg.storage, cfg.model_dump(mode="json", exclude={"storage"}),
-                          expected=test_clip_count(cfg))
+    expected = dataset.count_clips(cfg.data, options=cfg.storage, shard_urls=test_urls)
+    return finish_outputs(cfg.out, cfg.storage, cfg.model_dump(mode="json", exclude={"storage"}), expected=expected)
 
 
 def ship_sections(sections: dict[tuple[str, str], list[ray.ObjectRef]]) -> ray.ObjectRef:
@@ -223,7 +224,3 @@ def ship_sections(sections: dict[tuple[str, str], list[ray.ObjectRef]]) -> ray.O
     the object store): each actor loads the sections its batches need."""
     return ray.put({"|".join(key): refs for key, refs in sorted(sections.items())})
 
-
-def test_clip_count(cfg: ScoreConfig) -> int:
-    """How many test clips the job read, counted from the shards' metadata and machine column."""
-    return dataset.count_clips(cfg.data, split="test", machine=cfg.machines, options=cfg.storage)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import zipfile
 
 import boto3
 import numpy as np
@@ -17,7 +18,8 @@ from sklearn.metrics import roc_auc_score
 from asd_ray import bundle, cli, dataset, shards, storage
 from asd_ray.evaluate import EvaluateConfig, run_evaluate
 from asd_ray.reference_sample import RankCutoffs, SampleChunks, gather, ranks, training_cutoffs
-from asd_ray.references import References, kmeans_references, knn_references, mahalanobis_references, nearest
+from asd_ray.references import (References, kmeans_references, knn_references, mahalanobis_references, nearest,
+                                read_sections, write_sections)
 from asd_ray.score import ScoreConfig, read_scores, run_score
 from asd_ray.synth.generate import Counts, SynthConfig, synthesize
 from asd_ray.train import TrainConfig, train
@@ -275,6 +277,46 @@ def test_knn_references_put_both_domains_on_one_scale():
     np.testing.assert_allclose(refs.score("fan", "00", query), expected, rtol=1e-4)  # vectors stored as float32
     with pytest.raises(ValueError, match="fan section 00 target has 1"):
         knn_references({("fan", "00", "source"): _angles(0.0, 0.1), ("fan", "00", "target"): _angles(1.0)})
+
+
+class _Recorded(io.BytesIO):
+    """A file whose reads' start offsets are recorded (one list per opened file)."""
+
+    def __init__(self, data: bytes, starts: list[list[int]]):
+        super().__init__(data)
+        self.starts = []
+        starts.append(self.starts)
+
+    def read(self, n=-1):
+        self.starts.append(self.tell())
+        return super().read(n)
+
+
+def test_saved_references_are_read_a_section_at_a_time_each_array_in_order():
+    rng, keys = np.random.default_rng(0), [("fan", f"{s:02d}") for s in range(6)]
+    parts = [References({k: rng.standard_normal((400, 64)).astype(np.float32)},
+                        {k: np.array(["source"] * 390 + ["target"] * 10)}, {k: float(i)}, {"method": "knn"},
+                        {k: np.full(400, 1.0 + i)}, standard={k: rng.standard_normal((2, 64))})
+             for i, k in enumerate(keys)]
+    out = io.BytesIO()
+    write_sections(out, iter(parts), {"method": "knn"})
+    starts: list[list[int]] = []
+    read = list(read_sections(lambda: _Recorded(out.getvalue(), starts)))
+    assert [next(iter(r.vectors)) for r in read] == keys and all(r.meta == {"method": "knn"} for r in read)
+    for got, want in zip(read, parts):
+        key = next(iter(got.vectors))
+        for name in ("vectors", "domains", "scales", "standard"):
+            np.testing.assert_array_equal(getattr(got, name)[key], np.asarray(getattr(want, name)[key],
+                                                                              getattr(got, name)[key].dtype))
+        assert got.thresholds == want.thresholds
+    # one file for the small arrays and one per array of rows, each read front to back: on object
+    # storage a shared file would jump between the arrays and refetch its read-ahead at each jump
+    directory = zipfile.ZipFile(out).start_dir  # the central directory: read first by each file
+    assert len(starts) == 5
+    for offsets in starts:
+        rows = [o for o in offsets if o < directory]
+        assert rows == sorted(rows)
+    assert len([o for o in starts[1] if o < directory]) >= len(keys)  # the vectors: a read per section at least
 
 
 def test_training_scores_leave_each_clip_out():
@@ -593,15 +635,20 @@ def test_reference_sample_is_bounded_order_free_and_below_the_bound_changes_noth
 def test_max_references_bounds_what_a_scoring_job_keeps(trained, monkeypatch):
     cfg = ScoreConfig(bundle=trained, companions=False, data=f"{B}/data", out=f"{B}/out-max", max_references=5,
                       references_to=f"{B}/out-max/refs.npz")
-    listed, checked_shards = [], dataset.checked_shards
+    listed, list_shards = [], shards.list_shards
 
     def listing(url, split, *args):
         listed.append(split)
-        return checked_shards(url, split, *args)
+        return list_shards(url, split, *args)
 
-    monkeypatch.setattr(dataset, "checked_shards", listing)
+    monkeypatch.setattr(shards, "list_shards", listing)
     assert run_score(cfg)["scored"] == 48
-    assert listed == ["train", "test"]  # the sample's two passes over the training shards share one listing
+    # one listing per split: the test split's read and its row count, the sample's two training passes
+    assert listed == ["test", "train"]
+    with pytest.raises(FileNotFoundError, match=r"no clip shards under .*/no-data \(split=test"):
+        run_score(cfg.model_copy(update={"data": f"{B}/no-data", "fit_data": f"{B}/data", "out": f"{B}/out-none",
+                                         "references_to": None}))
+    assert listed == ["test", "train", "test"]  # a missing test split stops the job before the sample is read
     monkeypatch.undo()
     meta = References.from_bytes(storage.read_bytes(cfg.references_url)).meta
     assert meta["clips"]["fan|00|source"] == 24 and meta["kept"]["fan|00|source"] == 5
