@@ -105,8 +105,8 @@ def score_batch(section_refs: Callable[[str], list[References] | None], batch: d
         if refs is None:
             reason[idx] = f"no references for machine '{machine}' section '{section}'"
             continue
-        score[idx] = clip_scores(refs, machine, section, {k: v[idx] for k, v in columns.items()}, device)
-        decision[idx] = score[idx] > refs[0].thresholds[(machine, section)]
+        score[idx], domain = clip_scores(refs, machine, section, {k: v[idx] for k, v in columns.items()}, device)
+        decision[idx] = score[idx] > thresholds(refs[0], machine, section, domain)
     scored = reason == None  # noqa: E711 (elementwise)
     return {"score": pa.array(score, pa.float64(), mask=~scored),
             "decision": pa.array(decision, pa.int8(), mask=~scored),
@@ -114,13 +114,26 @@ def score_batch(section_refs: Callable[[str], list[References] | None], batch: d
 
 
 def clip_scores(refs: list[References], machine: str, section: str, columns: dict[str, np.ndarray],
-                device: torch.device | str = "cpu") -> np.ndarray:
-    """The main model's scores, or the weighted sum of every model's scores normalised per section."""
+                device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """The main model's scores, or the weighted sum of every model's scores normalised per section;
+    and per clip the domain of the main model's nearest references (None where it has none)."""
+    main, domain = refs[0].score_and_domain(machine, section, columns[embedding_column(0)], device)
     if len(refs) == 1:
-        return refs[0].score(machine, section, columns["embedding"], device)
-    return hybrid_sum([r.score(machine, section, columns[embedding_column(k)], device) for k, r in enumerate(refs)],
-                      refs[0].meta["norms"][f"{machine}|{section}"],
-                      refs[0].meta.get("weights") or [1.0] * len(refs))  # references fitted before weights: 1 each
+        return main, domain
+    others = [r.score(machine, section, columns[embedding_column(k)], device) for k, r in enumerate(refs) if k]
+    return hybrid_sum([main, *others], refs[0].meta["norms"][f"{machine}|{section}"],
+                      refs[0].meta.get("weights") or [1.0] * len(refs)), domain  # fitted before weights: 1 each
+
+
+def thresholds(main: References, machine: str, section: str, domain: np.ndarray | None) -> np.ndarray | float:
+    """Each clip's decision threshold: that of the domain of its nearest references, fitted on that
+    domain's training clips alone, so that the few clips of a new domain are judged by their own
+    spread; the section's where the domain has none (references fitted before, or too few clips)."""
+    section_threshold = main.thresholds[(machine, section)]
+    per_domain = main.meta.get("domain_thresholds", {}).get(f"{machine}|{section}", {})
+    if domain is None or not per_domain:
+        return section_threshold
+    return np.array([per_domain.get(d, section_threshold) for d in domain])
 
 
 def hybrid_sum(per_model: list[np.ndarray], norms: list[tuple[float, float]], weights: list[float]) -> np.ndarray:

@@ -44,6 +44,7 @@ class FittedSection(NamedTuple):
     norms: list[tuple[float, float]] | None  # each model's normaliser in the hybrid (None: one model)
     threshold: float
     kept: dict[tuple[str, str, str], int]  # clips in the sample per group
+    domain_thresholds: dict[str, float] = {}  # per domain, from its own training clips (``domain_thresholds``)
 
 
 class Fitted(NamedTuple):
@@ -105,13 +106,30 @@ def fit_section(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, chun
     groups, kept = gather(key, chunks, len(infos), cfg.max_references)  # fresh arrays, writable
     refs = [build_references(cfg, info, g) for info, g in zip(infos, groups)]
     per_model = [r.training_scores(key, section_clips(g, key)) for r, g in zip(refs, groups)]
-    if len(refs) == 1:
-        fitted = FittedSection(None, threshold(per_model[0], cfg.decision_percentile, normal=False, key=key), kept)
-    else:
-        norms = [section_norm(x) for x in per_model]
-        summed = hybrid_sum(per_model, norms, cfg.model_weights())
-        fitted = FittedSection(norms, threshold(summed, cfg.decision_percentile, normal=True, key=key), kept)
+    domains = np.concatenate([[d] * len(v) for (_, _, d), v in sorted(groups[0].items())])  # section_clips' order
+    norms = None if len(refs) == 1 else [section_norm(x) for x in per_model]
+    scores = per_model[0] if norms is None else hybrid_sum(per_model, norms, cfg.model_weights())
+    pct, hybrid = cfg.decision_percentile, norms is not None
+    fitted = FittedSection(norms, threshold(scores, pct, hybrid, key), kept,
+                           domain_thresholds(scores, domains, pct, key) if hybrid else {})
     return fitted, *as_loaded(cfg, infos, key, refs, fitted)
+
+
+def domain_thresholds(scores: np.ndarray, domains: np.ndarray, percentile: float, key: Key) -> dict[str, float]:
+    """The hybrid's threshold per domain, from its own training clips' summed scores: the section's
+    is set mostly by its many source clips, and a new domain's normal clips, which sit higher in
+    the autoencoder's term, crossed it three times as often as intended (README, Scoring). A
+    model scored alone keeps the section's: the nearest-neighbour distances put the domains on
+    one scale already, and a threshold from a domain's 10 clips only adds noise there (the
+    dual-stream model alone: 22-26 % of the target domain's normal clips against 5-12 %). A domain
+    with fewer than 2 finite scores gets none (the section's applies)."""
+    out = {}
+    for domain in sorted(set(domains)):
+        own = scores[(domains == domain) & np.isfinite(scores)]
+        if len(own) < 2:
+            continue
+        out[str(domain)] = threshold(own, percentile, normal=True, key=key)
+    return out
 
 
 def as_loaded(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, refs: list[References],
@@ -123,6 +141,7 @@ def as_loaded(cfg: ScoreConfig, infos: list[bundle.BundleInfo], key: Key, refs: 
         r.meta = {"method": method_name(cfg, info)}
     if fitted.norms is not None:
         refs[0].meta.update(norms={"|".join(key): fitted.norms}, weights=cfg.model_weights())
+    refs[0].meta["domain_thresholds"] = {"|".join(key): fitted.domain_thresholds}
     refs[0].thresholds = {key: fitted.threshold}
     return [r.to_bytes() for r in refs]
 
@@ -161,6 +180,7 @@ def file_meta(cfg: ScoreConfig, infos: list[bundle.BundleInfo], fitted: Fitted) 
             meta["covariance"] = cfg.autoencoder_covariance
         metas.append(meta)
     metas[0]["fit"] = fit_settings(cfg)
+    metas[0]["domain_thresholds"] = {"|".join(k): s.domain_thresholds for k, s in fitted.summaries.items()}
     if len(infos) > 1:
         metas[0].update(norms={"|".join(k): s.norms for k, s in fitted.summaries.items()},
                         weights=cfg.model_weights())
@@ -198,7 +218,8 @@ def load_fitted(cfg: ScoreConfig, infos: list[bundle.BundleInfo]) -> Fitted:
                 for group, n in meta.get("kept", {}).items():
                     kept[tuple(group.split("|")[:2])][tuple(group.split("|"))] = n
             norms = meta["norms"]["|".join(key)] if len(parts) > 1 else None
-            summaries[key] = FittedSection(norms, parts[0].thresholds[key], kept[key])
+            summaries[key] = FittedSection(norms, parts[0].thresholds[key], kept[key],
+                                           meta.get("domain_thresholds", {}).get("|".join(key), {}))
             sections[key] = [ray.put(b) for b in as_loaded(cfg, infos, key, parts, summaries[key])]
     if not sections:
         raise ValueError(f"references_from: {urls[0]} holds no sections")

@@ -64,14 +64,29 @@ class References:
     def score(self, machine: str, section: str, emb: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
         """Minimum scaled cosine distance of unit-norm ``emb`` rows to the section's references
         (for the autoencoder baseline: its reconstruction error, or the Mahalanobis distance)."""
-        key = (machine, section)
         if self.meta.get("method") == "reconstruction":
             return emb[:, 0].astype(np.float64)
+        return self._against((machine, section), emb, slice(None), device)
+
+    def score_and_domain(self, machine: str, section: str, emb: np.ndarray, device: torch.device | str = "cpu"
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``score``, and per clip the domain of the references that gave it (the nearest domain;
+        None for the reconstruction error, which has no references): the same distances, taken
+        a domain at a time."""
+        key = (machine, section)
+        if self.meta.get("method") == "reconstruction":
+            return self.score(machine, section, emb), None
+        domains = np.array(list(dict.fromkeys(self.domains[key])), object)
+        per_domain = np.stack([self._against(key, emb, self.domains[key] == d, device) for d in domains])
+        return per_domain.min(axis=0), domains[per_domain.argmin(axis=0)]
+
+    def _against(self, key: Key, emb: np.ndarray, rows, device: torch.device | str) -> np.ndarray:
+        """The clips' scores against the section's references ``rows``."""
         if self.precisions is not None:
-            return mahalanobis(emb[:, 1:], self.vectors[key], self.precisions[key], device)
+            return mahalanobis(emb[:, 1:], self.vectors[key][rows], self.precisions[key][rows], device)
         if self.meta.get("method") == "alarm":
-            return alarms(self.standardised(key, emb), self.vectors[key], self.scales[key], device=device)
-        return nearest(self.standardised(key, emb), self.vectors[key], self.scales[key], device=device,
+            return alarms(self.standardised(key, emb), self.vectors[key][rows], self.scales[key][rows], device=device)
+        return nearest(self.standardised(key, emb), self.vectors[key][rows], self.scales[key][rows], device=device,
                        euclidean=self.standard is not None)
 
     def standardised(self, key: Key, vectors: np.ndarray) -> np.ndarray:

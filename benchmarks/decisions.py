@@ -1,5 +1,5 @@
-"""How many test clips each system decides anomalous, normal and anomalous ones apart: thresholds
-are the only thing AUC and pAUC never see. Scores a model trained by ``benchmarks/quality.py``
+"""How many test clips each system decides anomalous, normal and anomalous ones and the two domains
+apart: thresholds are the only thing AUC and pAUC never see. Scores a model trained by ``benchmarks/quality.py``
 (the dual-stream model alone, its companion autoencoder alone, the hybrid default).
 
     python benchmarks/decisions.py --data runs/quality-tune/data --bundle runs/quality-tune/runs/scadacos/model
@@ -31,10 +31,12 @@ def main() -> None:
         run_score(ScoreConfig(data=a.data, out=out, batch_size=32, references_to=storage.join(out, "refs.npz"),
                               **fields))
         t = read_scores(out)
-        label, decision = np.array(t["label"].to_pylist()), t["decision"].to_numpy()
-        rows.append(f"| {name} | {100 * decision[label == 'normal'].mean():.1f} % | "
-                    f"{100 * decision[label == 'anomaly'].mean():.1f} % |")
-    print("\n| system | normal clips decided anomalous | anomalous clips decided anomalous |\n|---|---|---|")
+        label, domain = np.array(t["label"].to_pylist()), np.array(t["domain"].to_pylist())
+        decision = t["decision"].to_numpy()
+        rows.append(f"| {name} | " + " | ".join(f"{100 * decision[(label == lab) & (domain == dom)].mean():.1f} %"
+                                              for lab in ("normal", "anomaly") for dom in ("source", "target")) + " |")
+    print("\n| system | normal, source | normal, target | anomalous, source | anomalous, target |")
+    print("|---|---|---|---|---|")
     print("\n".join(rows))
 
 

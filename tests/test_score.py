@@ -95,9 +95,13 @@ def test_the_hybrid_score_sums_each_detectors_score_normalised_per_section(hybri
         assert len(norms) == 5 and all(sd > 0 for _, sd in norms)
         expected = sum(w * (x - mu) / sd for x, (mu, sd), w in zip(singles, norms, [0.5, 0.5, 1, 1, 1]))
         np.testing.assert_allclose(scores["score"].to_numpy()[rows], expected, rtol=1e-4, atol=1e-4)
-        threshold = refs[0].thresholds[(machine, "00")]
-        assert np.isfinite(threshold)
-        assert ((scores["decision"].to_numpy()[rows] == 1) == (scores["score"].to_numpy()[rows] > threshold)).all()
+        assert np.isfinite(refs[0].thresholds[(machine, "00")])  # the section's: where a domain has none
+        # each clip judged by the threshold of the domain of the main model's nearest references
+        _, nearest_domain = refs[0].score_and_domain(machine, "00", vectors["embedding"])
+        per_domain = refs[0].meta["domain_thresholds"][f"{machine}|00"]
+        assert sorted(per_domain) == ["source", "target"] and all(np.isfinite(t) for t in per_domain.values())
+        expected = scores["score"].to_numpy()[rows] > np.array([per_domain[d] for d in nearest_domain])
+        assert ((scores["decision"].to_numpy()[rows] == 1) == expected).all()
 
 
 def test_references_saved_by_one_job_score_new_clips_in_another_without_the_training_set(hybrid, monkeypatch):
@@ -275,6 +279,15 @@ def test_knn_references_put_both_domains_on_one_scale():
     expected = [(1 - np.cos(0.25)) / (1 - np.cos(0.5)),  # halfway between the target clips: 0.25 of their spacing
                 (1 - np.cos(0.05)) / (1 - np.cos(0.1))]
     np.testing.assert_allclose(refs.score("fan", "00", query), expected, rtol=1e-4)  # vectors stored as float32
+    score, domain = refs.score_and_domain("fan", "00", query)  # the same distances, a domain at a time
+    np.testing.assert_array_equal(score, refs.score("fan", "00", query))
+    assert list(domain) == ["target", "source"]
+    from asd_ray.embedder import thresholds
+
+    refs.thresholds = {("fan", "00"): 5.0}
+    assert thresholds(refs, "fan", "00", domain) == 5.0  # references fitted before: the section's
+    refs.meta["domain_thresholds"] = {"fan|00": {"target": 1.0}}
+    assert list(thresholds(refs, "fan", "00", domain)) == [1.0, 5.0]  # a domain without one: the section's
     with pytest.raises(ValueError, match="fan section 00 target has 1"):
         knn_references({("fan", "00", "source"): _angles(0.0, 0.1), ("fan", "00", "target"): _angles(1.0)})
 
@@ -457,8 +470,13 @@ def test_sections_fitted_in_ray_tasks_are_one_fit_of_every_section(ray_local, tm
         np.testing.assert_allclose(refs[0].meta["norms"]["|".join(key)], norms, rtol=1e-6)
         assert refs[0].thresholds[key] == pytest.approx(threshold(hybrid_sum(per_model, norms, cfg.weights), 90.0,
                                                                   normal=True, key=key), rel=1e-6)
+        summed = hybrid_sum(per_model, norms, cfg.weights)
+        domains = np.concatenate([[d] * len(groups[0][(*key, d)]) for d in ("source", "target")])
+        assert refs[0].meta["domain_thresholds"]["|".join(key)] == pytest.approx(
+            {d: threshold(summed[domains == d], 90.0, normal=True, key=key) for d in ("source", "target")}, rel=1e-6)
         section = References.from_bytes(ray.get(fitted.sections[key][0]))  # what a scoring actor loads
         assert section.meta["norms"] == {"|".join(key): refs[0].meta["norms"]["|".join(key)]}  # its own only
+        assert section.meta["domain_thresholds"] == {"|".join(key): refs[0].meta["domain_thresholds"]["|".join(key)]}
         assert section.thresholds == {key: refs[0].thresholds[key]}
     assert refs[0].meta["weights"] == [0.5, 1.0, 2.0]
     assert [r.meta["method"] for r in refs] == ["knn", "mahalanobis", "framestats"]
