@@ -116,10 +116,10 @@ def score_batch(section_refs: Callable[[str], list[References] | None], batch: d
 def clip_scores(refs: list[References], machine: str, section: str, columns: dict[str, np.ndarray],
                 device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
     """The main model's scores, or the weighted sum of every model's scores normalised per section;
-    and per clip the domain of the main model's nearest references (None where it has none)."""
+    and for the sum, per clip the domain of the main model's nearest references (else None)."""
+    if len(refs) == 1:  # thresholds per domain are the hybrid's only: no domain needed
+        return refs[0].score(machine, section, columns["embedding"], device), None
     main, domain = refs[0].score_and_domain(machine, section, columns[embedding_column(0)], device)
-    if len(refs) == 1:
-        return main, domain
     others = [r.score(machine, section, columns[embedding_column(k)], device) for k, r in enumerate(refs) if k]
     return hybrid_sum([main, *others], refs[0].meta["norms"][f"{machine}|{section}"],
                       refs[0].meta.get("weights") or [1.0] * len(refs)), domain  # fitted before weights: 1 each
